@@ -1,1 +1,6 @@
-"""mlls"""
+"""Objectives: the GP-matches-ANN ELBO (Eq. 5) and the ANN-matches-GP loss (Eq. 6)."""
+
+from .ann_matching_elbo import ANNMatchingELBO
+from .ann_matching_loss import ANNMatchingLoss, ann_matching_loss
+
+__all__ = ["ANNMatchingELBO", "ANNMatchingLoss", "ann_matching_loss"]

@@ -1,0 +1,314 @@
+"""A deep linear kernel whose inducing embeddings are a cache, refreshed a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from gpytorch.kernels import Kernel
+from linear_operator.operators import LinearOperator, LowRankRootLinearOperator, MatmulLinearOperator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..utils import check_allocation, check_finite, check_index_tensor, check_tensor
+
+__all__ = ["CachedDeepKernel", "InducingStatistics"]
+
+
+@dataclass(frozen=True)
+class InducingStatistics:
+    """The sufficient statistics of the inducing set that the posterior needs.
+
+    :ivar gram: :math:`U_l^\\top U_l` per head, shape ``(H, D, D)``.
+    :ivar cross: :math:`U_l^\\top v_l` per head, shape ``(H, D)`` (``None`` without inducing values).
+    """
+
+    gram: Tensor
+    cross: Tensor | None
+
+
+class CachedDeepKernel(Kernel):
+    r"""Deep linear kernel :math:`k_l(x, x') = f_l(x)^\top f_l(x')`, one per output head :math:`l`.
+
+    The kernel network ``feature_extractor`` maps a batch of inputs to ``(N, H, D)`` (or
+    ``(N, H*D)``, read head-major). The embeddings of the ``M`` inducing inputs,
+    :math:`U_l = f_l(\tilde x)`, are kept as a cache (the buffer :attr:`embeddings`) together with
+    their Gram matrices :math:`G_l = U_l^\top U_l` and, once inducing values :math:`v_l` are set,
+    the cross moments :math:`b_l = U_l^\top v_l`. The cache goes stale as ``f`` trains;
+    :meth:`refresh` recomputes a batch of rows and updates ``G`` and ``b`` by the difference, so a
+    refresh costs :math:`O(H b D^2)` whatever ``M`` is. The statistics are accumulated in
+    ``statistics_dtype`` (float64 by default), which keeps the incremental updates within
+    float64 round-off of a recomputation; :meth:`recompute_statistics` recomputes them exactly.
+
+    Called as a kernel, ``kernel(x1, x2)`` returns a lazily evaluated operator of shape
+    ``(H, N1, N2)`` (a low-rank root when ``x2`` is omitted or is ``x1``).
+
+    :param feature_extractor: the kernel network ``f``.
+    :param num_inducing: ``M``, the number of inducing instances.
+    :param num_heads: ``H``, the number of GP heads (output heads of the network explained).
+    :param embedding_dim: ``D``, the kernel-space width per head.
+    :param embedding_dtype: storage dtype of the cache (default: torch's default dtype). bfloat16 or
+        float16 halve the memory; the statistics are computed from the stored (rounded) values,
+        so they stay consistent with the cache.
+    :param statistics_dtype: dtype of ``G`` and ``b`` (float64 recommended).
+    :param device: where to allocate the cache (allocate a million-row cache directly on the GPU
+        rather than moving it there).
+    :param force_allocation: skip the check that the cache fits in the available memory.
+    """
+
+    has_lengthscale = False
+
+    def __init__(
+        self,
+        feature_extractor: nn.Module,
+        num_inducing: int,
+        num_heads: int,
+        embedding_dim: int,
+        *,
+        embedding_dtype: torch.dtype | None = None,
+        statistics_dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        force_allocation: bool = False,
+        **kwargs: object,
+    ) -> None:
+        if not isinstance(feature_extractor, nn.Module):
+            raise TypeError(f"feature_extractor: expected a torch.nn.Module, got {type(feature_extractor).__name__}")
+        for name, value in (
+            ("num_inducing", num_inducing),
+            ("num_heads", num_heads),
+            ("embedding_dim", embedding_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        embedding_dtype = torch.get_default_dtype() if embedding_dtype is None else embedding_dtype
+        if not embedding_dtype.is_floating_point:
+            raise TypeError(f"embedding_dtype: expected a floating-point dtype, got {embedding_dtype}")
+        if not statistics_dtype.is_floating_point:
+            raise TypeError(f"statistics_dtype: expected a floating-point dtype, got {statistics_dtype}")
+        itemsize = torch.empty((), dtype=embedding_dtype).element_size()
+        check_allocation(
+            num_heads * num_inducing * embedding_dim * itemsize + num_inducing * num_heads * 4,
+            device,
+            f"the inducing cache ({num_heads} heads x {num_inducing} inducing x {embedding_dim} dims, "
+            f"{embedding_dtype})",
+            force=force_allocation,
+        )
+        super().__init__(batch_shape=torch.Size([num_heads]), **kwargs)
+        self.feature_extractor = feature_extractor
+        self.num_inducing = num_inducing
+        self.num_heads = num_heads
+        self.embedding_dim = embedding_dim
+        # shape: (H, M, D)
+        self.register_buffer(
+            "embeddings", torch.zeros(num_heads, num_inducing, embedding_dim, dtype=embedding_dtype, device=device)
+        )
+        # shape: (H, D, D)
+        self.register_buffer(
+            "gram", torch.zeros(num_heads, embedding_dim, embedding_dim, dtype=statistics_dtype, device=device)
+        )
+        # Set by set_inducing_values; `values_set` records whether they were.
+        # shape: (M, H)
+        self.register_buffer("inducing_values", torch.zeros(num_inducing, num_heads, device=device))
+        self.register_buffer("values_set", torch.tensor(False, device=device))
+        # shape: (H, D)
+        self.register_buffer("cross", torch.zeros(num_heads, embedding_dim, dtype=statistics_dtype, device=device))
+        # shape: (H,) — v_l^T v_l, needed by the KL divergence.
+        self.register_buffer("values_sq", torch.zeros(num_heads, dtype=statistics_dtype, device=device))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def has_inducing_values(self) -> bool:
+        return bool(self.values_set)
+
+    @property
+    def statistics_dtype(self) -> torch.dtype:
+        return self.gram.dtype
+
+    @property
+    def is_stationary(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, x: Tensor) -> Tensor:
+        """Embed a batch with gradient: ``(H, N, D)``."""
+        features = self.feature_extractor(x)
+        if not isinstance(features, Tensor):
+            raise TypeError(f"feature_extractor: expected a tensor output, got {type(features).__name__}")
+        n, h, d = features.shape[0] if features.dim() else 0, self.num_heads, self.embedding_dim
+        if features.dim() == 2 and features.shape[1] == h * d:
+            features = features.reshape(n, h, d)
+        elif not (features.dim() == 3 and features.shape[1:] == (h, d)):
+            raise ValueError(
+                f"feature_extractor: expected an output of shape (N, {h}, {d}) or (N, {h * d}) "
+                f"(num_heads={h}, embedding_dim={d}), got {tuple(features.shape)}"
+            )
+        # shape: (H, N, D)
+        return features.transpose(0, 1)
+
+    def _embed_checked(self, inputs: Tensor, expected_rows: int, name: str) -> Tensor:
+        new = self.embed(inputs)
+        if new.shape[1] != expected_rows:
+            raise ValueError(f"{name}: expected {expected_rows} rows (one per index), got {new.shape[1]}")
+        check_finite(f"{name} (embeddings from feature_extractor)", new)
+        return new
+
+    # ------------------------------------------------------------------ the cache
+    def set_inducing_values(self, values: Tensor) -> None:
+        """Attach the inducing values ``V`` (``(M, H)``: the network's outputs on the inducing set).
+
+        Computes :math:`b = U^\\top V` and :math:`V^\\top V` exactly (one :math:`O(MHD)` pass).
+        """
+        check_tensor("inducing_values", values, shape=(self.num_inducing, self.num_heads), floating=True, finite=True)
+        values = values.detach().to(device=self.embeddings.device, dtype=torch.get_default_dtype())
+        self.inducing_values.copy_(values)
+        self.values_set.fill_(True)
+        self.recompute_statistics()
+
+    @torch.no_grad()
+    def refresh(self, indices: Tensor, inputs: Tensor) -> None:
+        """Recompute the cached rows ``indices`` from ``inputs`` (no gradient) and update ``G``, ``b``.
+
+        :param indices: ``(b,)`` distinct row indices into the inducing set.
+        :param inputs: the inducing inputs of those rows, in the same order.
+        """
+        idx = check_index_tensor("indices", indices, self.num_inducing).to(self.embeddings.device)
+        new = self._embed_checked(inputs, idx.numel(), "inputs")
+        self._write_rows(idx, new)
+
+    def _write_rows(self, idx: Tensor, new: Tensor) -> None:
+        stats_dtype = self.statistics_dtype
+        stored = new.to(self.embeddings.dtype)
+        # The statistics must describe what is stored (rounded to embedding_dtype), not `new`.
+        fresh = stored.to(stats_dtype)  # shape: (H, b, D)
+        old = self.embeddings[:, idx].to(stats_dtype)  # shape: (H, b, D)
+        self.gram.add_(fresh.mT @ fresh - old.mT @ old)
+        if self.has_inducing_values:
+            v = self.inducing_values[idx].T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
+            self.cross.add_(((fresh - old) * v).sum(-2))
+        self.embeddings[:, idx] = stored
+
+    @torch.no_grad()
+    def fill(
+        self,
+        inputs: Tensor | Iterable[Tensor],
+        *,
+        batch_size: int = 1024,
+        progress: bool = True,
+    ) -> None:
+        """Compute every row of the cache, in order, without gradient (the initial sweep).
+
+        :param inputs: all ``M`` inducing inputs as one tensor, or an iterable of batches of them in
+            index order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
+        :param batch_size: rows per forward pass when ``inputs`` is a tensor.
+        """
+        if isinstance(inputs, Tensor):
+            if inputs.shape[0] != self.num_inducing:
+                raise ValueError(
+                    f"inputs: expected {self.num_inducing} inducing inputs (num_inducing), got {inputs.shape[0]}"
+                )
+            batches: Iterable[Tensor] = inputs.split(batch_size)
+            total: int | None = -(-self.num_inducing // batch_size)
+        else:
+            batches, total = inputs, None
+        start = 0
+        try:
+            for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
+                new = self.embed(batch)
+                stop = start + new.shape[1]
+                if stop > self.num_inducing:
+                    raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
+                check_finite(f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new)
+                self.embeddings[:, start:stop] = new.to(self.embeddings.dtype)
+                start = stop
+            if start != self.num_inducing:
+                raise ValueError(f"inputs: yielded {start} rows, expected num_inducing={self.num_inducing}")
+        finally:
+            # Whatever happened, leave G and b consistent with the rows now stored.
+            self.recompute_statistics()
+
+    @torch.no_grad()
+    def recompute_statistics(self, batch_size: int = 65536) -> None:
+        """Recompute ``G = UᵀU``, ``b = UᵀV`` and ``VᵀV`` exactly from the cache (:math:`O(MHD^2)`)."""
+        gram, cross = self._exact_statistics(batch_size)
+        self.gram.copy_(gram)
+        if cross is not None:
+            self.cross.copy_(cross)
+            self.values_sq.copy_(self.inducing_values.to(self.statistics_dtype).square().sum(0))
+
+    def _exact_statistics(self, batch_size: int = 65536) -> tuple[Tensor, Tensor | None]:
+        gram = torch.zeros_like(self.gram)
+        cross = torch.zeros_like(self.cross) if self.has_inducing_values else None
+        for start in range(0, self.num_inducing, batch_size):
+            rows = self.embeddings[:, start : start + batch_size].to(self.statistics_dtype)
+            gram += rows.mT @ rows
+            if cross is not None:
+                v = self.inducing_values[start : start + batch_size].T.to(self.statistics_dtype)
+                cross += torch.einsum("hmd,hm->hd", rows, v)
+        return gram, cross
+
+    @torch.no_grad()
+    def gram_drift(self) -> float:
+        r"""Relative drift of the cached Gram, :math:`\max_l \|G_l - U_l^\top U_l\|_F / \|U_l^\top U_l\|_F`."""
+        exact, _ = self._exact_statistics()
+        num = torch.linalg.matrix_norm(self.gram - exact)
+        den = torch.linalg.matrix_norm(exact).clamp_min(torch.finfo(exact.dtype).tiny)
+        return float((num / den).max())
+
+    @torch.no_grad()
+    def staleness(self, indices: Tensor, inputs: Tensor) -> float:
+        r"""How stale the cache is on a sample: :math:`\|U_{cache} - f(\tilde x)\|_F / \|f(\tilde x)\|_F`."""
+        idx = check_index_tensor("indices", indices, self.num_inducing, unique=False).to(self.embeddings.device)
+        current = self._embed_checked(inputs, idx.numel(), "inputs")
+        cached = self.embeddings[:, idx].to(current.dtype)
+        return float(torch.linalg.vector_norm(cached - current) / torch.linalg.vector_norm(current).clamp_min(1e-30))
+
+    def statistics(self, fresh_indices: Tensor | None = None, fresh_inputs: Tensor | None = None) -> InducingStatistics:
+        r"""``G`` and ``b`` with the rows ``fresh_indices`` recomputed *with gradient* (Alg. 1).
+
+        :math:`G = G_{cache} - U_{old}^\top U_{old} + U_{fresh}^\top U_{fresh}`: the cached part is
+        constant, gradient reaches ``f`` through the fresh rows. Cost :math:`O(H b D^2)`.
+        """
+        if (fresh_indices is None) != (fresh_inputs is None):
+            missing = "fresh_inputs" if fresh_inputs is None else "fresh_indices"
+            raise ValueError(f"{missing}: fresh_indices and fresh_inputs must be given together")
+        cross = self.cross if self.has_inducing_values else None
+        if fresh_indices is None:
+            return InducingStatistics(self.gram, cross)
+        idx = check_index_tensor("fresh_indices", fresh_indices, self.num_inducing).to(self.embeddings.device)
+        fresh = self.embed(fresh_inputs)
+        if fresh.shape[1] != idx.numel():
+            raise ValueError(f"fresh_inputs: expected {idx.numel()} rows (one per fresh index), got {fresh.shape[1]}")
+        fresh = fresh.to(self.statistics_dtype)  # shape: (H, b, D)
+        old = self.embeddings[:, idx].to(self.statistics_dtype)  # shape: (H, b, D)
+        gram = self.gram - old.mT @ old + fresh.mT @ fresh
+        if cross is not None:
+            v = self.inducing_values[idx].T.to(self.statistics_dtype).unsqueeze(-1)  # shape: (H, b, 1)
+            cross = cross + ((fresh - old) * v).sum(-2)
+        return InducingStatistics(gram, cross)
+
+    # ------------------------------------------------------------------ as a GPyTorch kernel
+    def forward(
+        self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch: bool = False, **params: object
+    ) -> Tensor | LinearOperator:
+        if last_dim_is_batch:
+            raise NotImplementedError("CachedDeepKernel does not support last_dim_is_batch")
+        f1 = self.embed(x1)
+        f2 = f1 if x2 is x1 else self.embed(x2)
+        if diag:
+            return (f1 * f2).sum(-1)  # shape: (H, N)
+        if f2 is f1:
+            return LowRankRootLinearOperator(f1)  # shape: (H, N, N)
+        return MatmulLinearOperator(f1, f2.mT)  # shape: (H, N1, N2)
+
+    def __call__(  # type: ignore[override]
+        self,
+        x1: Tensor,
+        x2: Tensor | None = None,
+        diag: bool = False,
+        last_dim_is_batch: bool = False,
+        **params: object,
+    ) -> Tensor | LinearOperator:
+        # Inputs are whatever the kernel network takes (images included), so GPyTorch's
+        # (..., N, d) bookkeeping in Kernel.__call__ does not apply; the result is lazy already.
+        return self.forward(x1, x1 if x2 is None else x2, diag=diag, last_dim_is_batch=last_dim_is_batch, **params)

@@ -1,0 +1,96 @@
+"""The GPEX approximate GP: one GP per output head of the network it explains."""
+
+from __future__ import annotations
+
+import torch
+from gpytorch.distributions import MultitaskMultivariateNormal
+from gpytorch.models import ApproximateGP
+from torch import Tensor
+
+from ..kernels import CachedDeepKernel
+from ..variational import GPEXVariationalDistribution, GPEXVariationalStrategy
+
+__all__ = ["GPEXModel"]
+
+
+class GPEXModel(ApproximateGP):
+    r"""An approximate GP whose heads explain the ``H`` outputs of a network.
+
+    Head :math:`l` has kernel :math:`f_l(x)^\top f_l(x')` (the :class:`CachedDeepKernel`), inducing
+    inputs :math:`\tilde x` (whose embeddings the kernel caches) and inducing values
+    :math:`\tilde v_l` (the network's outputs on them).
+
+    Example::
+
+        kernel = CachedDeepKernel(kernel_net, num_inducing=M, num_heads=H, embedding_dim=D)
+        kernel.fill(inducing_inputs)                       # U = f(x̃), the initial sweep
+        model = GPEXModel(kernel, ann(inducing_inputs))    # V = g(x̃)
+        output = model(x, fresh_indices=idx, fresh_inputs=inducing_inputs[idx])
+        output.mean                                        # (N, H), Eq. 2
+        output.variance                                    # (N, H), Eq. 3
+
+    :param kernel: the cached deep kernel.
+    :param inducing_values: ``(M, H)``, the network's outputs on the inducing inputs.
+    :param noise: :math:`\sigma^2` of the posterior (float, or tensor of shape ``()`` / ``(H,)``).
+    :param learn_noise: train :math:`\sigma^2` along with the kernel network.
+    :param variational_noise: :math:`\sigma_\varphi^2` of :math:`q_2` (0: the outputs are exact).
+    """
+
+    def __init__(
+        self,
+        kernel: CachedDeepKernel,
+        inducing_values: Tensor,
+        noise: float | Tensor = 1.0,
+        *,
+        learn_noise: bool = False,
+        variational_noise: float = 0.0,
+    ) -> None:
+        distribution = GPEXVariationalDistribution(kernel, variational_noise=variational_noise)
+        strategy = GPEXVariationalStrategy(kernel, distribution, noise=noise, learn_noise=learn_noise)
+        kernel.set_inducing_values(inducing_values)  # validated before any state is written
+        super().__init__(strategy)
+
+    @property
+    def covar_module(self) -> CachedDeepKernel:
+        """The kernel (owned by the variational strategy)."""
+        return self.variational_strategy.kernel
+
+    @property
+    def noise(self) -> Tensor:
+        return self.variational_strategy.noise
+
+    @property
+    def num_heads(self) -> int:
+        return self.covar_module.num_heads
+
+    def forward(self, x: Tensor) -> MultitaskMultivariateNormal:
+        """The prior at ``x``: zero mean, covariance ``f_l(x) f_l(x)ᵀ`` per head."""
+        return self.variational_strategy(x, prior=True)
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: Tensor,
+        prior: bool = False,
+        fresh_indices: Tensor | None = None,
+        fresh_inputs: Tensor | None = None,
+        **kwargs: object,
+    ) -> MultitaskMultivariateNormal:
+        """Posterior at ``inputs`` (``(N, H)`` mean and variance).
+
+        :param fresh_indices: rows of the inducing cache to recompute *with gradient* for this call.
+        :param fresh_inputs: the inducing inputs of those rows.
+        """
+        return self.variational_strategy(
+            inputs, prior=prior, fresh_indices=fresh_indices, fresh_inputs=fresh_inputs, **kwargs
+        )
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and variance, each ``(N, H)``, without gradient (eval-mode cache used)."""
+        was_training = self.training
+        self.eval()
+        try:
+            output = self(inputs)
+            return output.mean, output.variance
+        finally:
+            self.train(was_training)

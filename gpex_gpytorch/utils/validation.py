@@ -1,0 +1,102 @@
+"""Argument checks shared by the public entry points.
+
+Every check raises before any state is touched, and every message names the argument and
+says what was expected versus what was received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def check_tensor(
+    name: str,
+    value: object,
+    *,
+    shape: Sequence[int | None] | None = None,
+    ndim: int | Sequence[int] | None = None,
+    floating: bool = False,
+    finite: bool = False,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Check that ``value`` is a tensor with the given properties and return it.
+
+    :param name: the argument's name, used in the error message.
+    :param shape: expected shape; ``None`` entries match any size.
+    :param ndim: expected number of dimensions (or a set of allowed ones).
+    :param floating: require a floating-point dtype.
+    :param finite: require every entry to be finite (no NaN / inf).
+    :param device: require this device.
+    :param dtype: require exactly this dtype.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.dim() not in allowed:
+            raise ValueError(
+                f"{name}: expected a tensor with {' or '.join(map(str, allowed))} dimensions, "
+                f"got shape {tuple(value.shape)}"
+            )
+    if shape is not None:
+        ok = value.dim() == len(shape) and all(s is None or s == v for s, v in zip(shape, value.shape, strict=False))
+        if not ok:
+            raise ValueError(f"{name}: expected shape {_shape_str(shape)}, got {tuple(value.shape)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
+    if device is not None and value.device != torch.device(device):
+        raise ValueError(f"{name}: expected a tensor on {device}, got one on {value.device}")
+    if finite:
+        check_finite(name, value)
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Raise ``ValueError`` naming ``name`` and the first bad positions if ``value`` has NaN or inf."""
+    bad = ~torch.isfinite(value)
+    if bool(bad.any()):
+        positions = bad.nonzero()[:5].tolist()
+        raise ValueError(
+            f"{name}: expected finite values, found {int(bad.sum())} non-finite entries (first at indices {positions})"
+        )
+    return value
+
+
+def check_positive(name: str, value: float | Tensor) -> None:
+    """Raise ``ValueError`` unless every entry of ``value`` is finite and strictly positive."""
+    tensor = torch.as_tensor(value)
+    if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
+        shown = tensor.item() if tensor.numel() == 1 else tensor.tolist()
+        raise ValueError(f"{name}: expected a finite value > 0, got {shown}")
+
+
+def check_index_tensor(name: str, value: object, size: int, *, unique: bool = True) -> Tensor:
+    """Check a 1-D integer index tensor into a dimension of length ``size``.
+
+    :param unique: also reject repeated indices (an incremental Gram update would count them twice).
+    :returns: the indices as ``int64``.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a 1-D torch.Tensor of integer indices, got {type(value).__name__}")
+    if value.dim() != 1:
+        raise ValueError(f"{name}: expected a 1-D tensor of indices, got shape {tuple(value.shape)}")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
+    if value.numel() == 0:
+        raise ValueError(f"{name}: expected at least one index, got an empty tensor")
+    low, high = int(value.min()), int(value.max())
+    if low < 0 or high >= size:
+        raise ValueError(f"{name}: expected indices in [0, {size - 1}], got values in [{low}, {high}]")
+    if unique and torch.unique(value).numel() != value.numel():
+        raise ValueError(f"{name}: expected distinct indices, got repeated ones")
+    return value.long()
