@@ -1,0 +1,461 @@
+"""Fit the GPs that explain a trained network (GPEX, Alg. 2), scikit-learn style."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..kernels import CachedDeepKernel
+from ..mlls import ANNMatchingELBO
+from ..models.gpex_model import GPEXModel
+from .checkpointing import load_checkpoint, save_checkpoint
+from .dataset_access import dataset_length, iterate_inputs, take_inputs
+from .default_kernel_network import default_kernel_network
+from .input_mixing import mix_inputs
+
+__all__ = ["Distiller", "distill"]
+
+CHECKPOINT_FORMAT = "gpex-distiller-1"
+
+
+def pearson_per_head(a: Tensor, b: Tensor, tol: float = 1e-12) -> Tensor:
+    """Pearson correlation of each column of ``a`` with the same column of ``b``; NaN where ``b`` is constant."""
+    a, b = a.double() - a.double().mean(0), b.double() - b.double().mean(0)
+    denom = a.norm(dim=0) * b.norm(dim=0)
+    corr = (a * b).sum(0) / denom.clamp_min(tol)
+    return torch.where(b.norm(dim=0) > tol, corr, torch.full_like(corr, float("nan")))
+
+
+class _Sweep:
+    """Cycles through all rows in random order, reshuffling after each pass: every row is
+    visited once per pass, and drawing ``k`` rows costs O(k) (the O(M) shuffle is amortised)."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.order = torch.randperm(size, generator=generator)
+        self.position = 0
+
+    def next(self, k: int, generator: torch.Generator) -> Tensor:
+        k = min(k, self.size)
+        if self.position + k > self.size:
+            self.order = torch.randperm(self.size, generator=generator)
+            self.position = 0
+        rows = self.order[self.position : self.position + k]
+        self.position += k
+        return rows
+
+    def state(self) -> dict[str, Any]:
+        return {"order": self.order.clone(), "position": self.position}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.order, self.position = state["order"].clone(), int(state["position"])
+
+
+@dataclass
+class _Run:
+    """Everything that a training run mutates (and a checkpoint saves)."""
+
+    model: GPEXModel
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    fresh_sweep: _Sweep
+    refresh_sweep: _Sweep
+    step: int
+    history: list[dict[str, float]]
+
+
+class Distiller:
+    r"""Explain a trained network ``ann`` with one GP per output head (GPEX, Alg. 2).
+
+    Each step draws a batch of mixed training inputs :math:`x = \alpha x_1 + (1-\alpha) x_2`,
+    :math:`\alpha \sim U(-1, 2)`, recomputes a batch of inducing rows with gradient, maximises
+    :class:`~gpex_gpytorch.ANNMatchingELBO` with Adam, then refreshes another batch of cached
+    rows without gradient. Both batches walk through the inducing set in shuffled sweeps, so
+    every cached row is refreshed once per ``M / refresh_batch_size`` steps.
+
+    Example::
+
+        distiller = Distiller(ann, steps=3000).fit(train_dataset)
+        mean, variance = distiller.model_.predict(x_test)
+
+    :param ann: the trained network; its output must be ``(N, L)`` (one GP per column). It is run
+        in eval mode without gradient and is not modified.
+    :param kernel_network: ``f``, mapping inputs to ``(N, L*D)`` or ``(N, L, D)``; by default an
+        MLP or small CNN built from the input shape (:func:`default_kernel_network`).
+    :param embedding_dim: ``D`` per head.
+    :param noise: :math:`\sigma^2` of the posterior. :param learn_noise: train it too.
+    :param steps: total optimisation steps. :param batch_size: training inputs per step.
+    :param inducing_batch_size: inducing rows recomputed with gradient per step.
+    :param refresh_batch_size: inducing rows refreshed without gradient per step (default: as many).
+    :param lr: Adam's learning rate. :param mix: use mixed inputs (on by default, as in the paper).
+    :param ann_noise: :math:`\sigma_g^2`. :param beta: weight of the KL term.
+    :param detach_variance: weight the squared error by a detached 1/c (the original code's
+        effective loss; on by default: measured on digits, it reaches Pearson 0.999 where the
+        full Eq. 5, whose gradient can also inflate c where matching is hard, plateaus at 0.985;
+        see ``docs/objective.md``).
+    :param recompute_every: recompute ``G`` and ``b`` exactly every this many steps (``None``:
+        rely on float64 accumulation; each recompute is :math:`O(M)`).
+    :param eval_every: steps between Pearson / staleness reports. :param eval_size: their batch size.
+    :param checkpoint_every: steps between checkpoints to ``checkpoint_path``.
+    :param embedding_dtype: storage dtype of the inducing cache (e.g. ``torch.bfloat16``).
+    :param device: where the GPs live (default: the device of ``ann``'s parameters).
+    :param seed: seeds every random draw of the run (and the default kernel network's weights).
+    :param fill_batch_size: batch size of the initial sweep over the inducing set.
+    :param progress: show tqdm progress bars.
+
+    Fitted attributes: ``model_`` (a :class:`GPEXModel`), ``history_`` (a list of dicts with
+    ``step``, ``loss`` and, every ``eval_every`` steps, ``pearson`` and ``staleness``).
+    """
+
+    def __init__(
+        self,
+        ann: nn.Module,
+        kernel_network: nn.Module | None = None,
+        *,
+        embedding_dim: int = 20,
+        noise: float = 1.0,
+        learn_noise: bool = False,
+        steps: int = 2000,
+        batch_size: int = 64,
+        inducing_batch_size: int = 64,
+        refresh_batch_size: int | None = None,
+        lr: float = 1e-3,
+        mix: bool = True,
+        ann_noise: float = 0.0,
+        beta: float = 1.0,
+        detach_variance: bool = True,
+        recompute_every: int | None = None,
+        eval_every: int = 100,
+        eval_size: int = 256,
+        checkpoint_every: int | None = None,
+        checkpoint_path: str | Path | None = None,
+        embedding_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+        fill_batch_size: int = 1024,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(ann, nn.Module):
+            raise TypeError(f"ann: expected a torch.nn.Module, got {type(ann).__name__}")
+        if kernel_network is not None and not isinstance(kernel_network, nn.Module):
+            raise TypeError(f"kernel_network: expected a torch.nn.Module or None, got {type(kernel_network).__name__}")
+        for name, value in (
+            ("embedding_dim", embedding_dim),
+            ("steps", steps),
+            ("batch_size", batch_size),
+            ("inducing_batch_size", inducing_batch_size),
+            ("eval_every", eval_every),
+            ("eval_size", eval_size),
+            ("fill_batch_size", fill_batch_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        for name, value in (
+            ("refresh_batch_size", refresh_batch_size),
+            ("recompute_every", recompute_every),
+            ("checkpoint_every", checkpoint_every),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr: expected a value > 0, got {lr}")
+        if not noise > 0:
+            raise ValueError(f"noise: expected a value > 0, got {noise}")
+        if checkpoint_every is not None and checkpoint_path is None:
+            raise ValueError("checkpoint_path: required when checkpoint_every is set")
+        self.ann = ann
+        self.kernel_network = kernel_network
+        self.embedding_dim = embedding_dim
+        self.noise = noise
+        self.learn_noise = learn_noise
+        self.steps = steps
+        self.batch_size = batch_size
+        self.inducing_batch_size = inducing_batch_size
+        self.refresh_batch_size = refresh_batch_size
+        self.lr = lr
+        self.mix = mix
+        self.ann_noise = ann_noise
+        self.beta = beta
+        self.detach_variance = detach_variance
+        self.recompute_every = recompute_every
+        self.eval_every = eval_every
+        self.eval_size = eval_size
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.embedding_dtype = embedding_dtype
+        self.device = device
+        self.seed = seed
+        self.fill_batch_size = fill_batch_size
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public
+    def fit(
+        self,
+        train_dataset: Dataset,
+        inducing_dataset: Dataset | None = None,
+        *,
+        resume: str | Path | None = None,
+    ) -> Distiller:
+        """Run Alg. 2 for ``steps`` steps (continuing from a checkpoint when ``resume`` is given).
+
+        :param train_dataset: map-style dataset of inputs (or ``(input, ...)`` tuples).
+        :param inducing_dataset: the inducing instances; default ``train_dataset`` (no augmentation).
+        :param resume: a checkpoint written by an earlier run with the same settings and data.
+        """
+        num_train = dataset_length(train_dataset, "train_dataset")
+        inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
+        num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
+        device = self._device()
+        checkpoint = None if resume is None else load_checkpoint(resume, map_location=device)
+        ann_was_training = self.ann.training
+        self.ann.eval()
+        try:
+            num_heads = self._check_ann(train_dataset, device)
+            run = self._start(train_dataset, inducing_dataset, num_inducing, num_heads, device, checkpoint)
+            self._train(run, train_dataset, inducing_dataset, num_train, device)
+        finally:
+            self.ann.train(ann_was_training)
+        run.model.eval()
+        self.model_ = run.model
+        self.history_ = run.history
+        return self
+
+    # ------------------------------------------------------------------ set-up
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        parameter = next(self.ann.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def _ann_outputs(self, x: Tensor) -> Tensor:
+        out = self.ann(x)
+        if not isinstance(out, Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"ann: expected an output of shape (N, L) (one column per GP head), got {shape}")
+        return out
+
+    def _check_ann(self, dataset: Dataset, device: torch.device) -> int:
+        sample = take_inputs(dataset, torch.arange(min(2, dataset_length(dataset, "train_dataset")))).to(device)
+        return self._ann_outputs(sample).shape[1]
+
+    def _kernel_network(self, input_shape: torch.Size, num_heads: int, device: torch.device) -> nn.Module:
+        if self.kernel_network is not None:
+            network = self.kernel_network
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                network = default_kernel_network(input_shape, num_heads, self.embedding_dim)
+        network = network.to(device)
+        with torch.no_grad():
+            probe = network(torch.zeros(2, *input_shape, device=device))
+        width = num_heads * self.embedding_dim
+        if not isinstance(probe, Tensor) or probe[0].numel() != width:
+            shape = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+            raise ValueError(
+                f"kernel_network: expected an output of width num_heads x embedding_dim = {num_heads} x "
+                f"{self.embedding_dim} = {width} per input, got shape {shape}"
+            )
+        return network
+
+    def _inducing_values(self, dataset: Dataset, device: torch.device) -> Tensor:
+        chunks = []
+        for start_batch in tqdm(
+            iterate_inputs(dataset, self.fill_batch_size),
+            total=-(-dataset_length(dataset, "inducing_dataset") // self.fill_batch_size),
+            desc="ANN on the inducing set",
+            disable=not self.progress,
+        ):
+            chunks.append(self._ann_outputs(start_batch.to(device)).float())
+        values = torch.cat(chunks)
+        bad = ~torch.isfinite(values).all(1)
+        if bool(bad.any()):
+            raise FloatingPointError(
+                f"ann: non-finite outputs on inducing_dataset at indices {bad.nonzero().flatten()[:10].tolist()}"
+            )
+        return values
+
+    def _start(
+        self,
+        train_dataset: Dataset,
+        inducing_dataset: Dataset,
+        num_inducing: int,
+        num_heads: int,
+        device: torch.device,
+        checkpoint: dict[str, Any] | None,
+    ) -> _Run:
+        input_shape = take_inputs(train_dataset, torch.arange(1)).shape[1:]
+        network = self._kernel_network(input_shape, num_heads, device)
+        kernel = CachedDeepKernel(
+            network, num_inducing, num_heads, self.embedding_dim, embedding_dtype=self.embedding_dtype, device=device
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        if checkpoint is None:
+            values = self._inducing_values(inducing_dataset, device)
+            kernel.fill(
+                (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
+                progress=self.progress,
+            )
+        else:
+            self._check_checkpoint(checkpoint, num_inducing, num_heads)
+            values = checkpoint["model"]["variational_strategy.kernel.inducing_values"]
+        model = GPEXModel(kernel, values, noise=self.noise, learn_noise=self.learn_noise).to(device)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        run = _Run(model, optimizer, generator, _Sweep(num_inducing, generator), _Sweep(num_inducing, generator), 0, [])
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            generator.set_state(checkpoint["generator"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+            run.fresh_sweep.load(checkpoint["fresh_sweep"])
+            run.refresh_sweep.load(checkpoint["refresh_sweep"])
+            run.step = int(checkpoint["step"])
+            run.history = list(checkpoint["history"])
+        return run
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "batch_size": self.batch_size,
+            "inducing_batch_size": self.inducing_batch_size,
+            "seed": self.seed,
+        }
+
+    def _check_checkpoint(self, checkpoint: dict[str, Any], num_inducing: int, num_heads: int) -> None:
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"resume: expected a checkpoint of format {CHECKPOINT_FORMAT}, got {checkpoint.get('format')}"
+            )
+        expected = {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads}
+        saved = checkpoint["config"]
+        mismatched = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if mismatched:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"resume: the checkpoint was written with other settings ({details})")
+
+    def _save(self, run: _Run, num_inducing: int, num_heads: int) -> None:
+        assert self.checkpoint_path is not None
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads},
+                "step": run.step,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "generator": run.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "fresh_sweep": run.fresh_sweep.state(),
+                "refresh_sweep": run.refresh_sweep.state(),
+                "history": run.history,
+            },
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def _eval_batch(self, dataset: Dataset, num_train: int, device: torch.device) -> Tensor:
+        # Its own generator: the held-out batch does not depend on (or perturb) the run's draws.
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        i1 = torch.randint(num_train, (self.eval_size,), generator=generator)
+        i2 = torch.randint(num_train, (self.eval_size,), generator=generator)
+        return mix_inputs(take_inputs(dataset, i1), take_inputs(dataset, i2), generator).to(device)
+
+    def _train(
+        self, run: _Run, train_dataset: Dataset, inducing_dataset: Dataset, num_train: int, device: torch.device
+    ) -> None:
+        model, kernel = run.model, run.model.covar_module
+        mll = ANNMatchingELBO(
+            None,
+            model,
+            num_data=num_train,
+            beta=self.beta,
+            ann_noise=self.ann_noise,
+            detach_variance=self.detach_variance,
+        )
+        eval_x = self._eval_batch(train_dataset, num_train, device)
+        eval_ann = self._ann_outputs(eval_x)
+        refresh_size = self.refresh_batch_size or self.inducing_batch_size
+        model.train()
+        bar = tqdm(total=self.steps, initial=run.step, desc="distilling", disable=not self.progress)
+        start_time = time.perf_counter()
+        while run.step < self.steps:
+            step = run.step + 1
+            i1 = torch.randint(num_train, (self.batch_size,), generator=run.generator)
+            x = take_inputs(train_dataset, i1)
+            if self.mix:
+                i2 = torch.randint(num_train, (self.batch_size,), generator=run.generator)
+                x = mix_inputs(x, take_inputs(train_dataset, i2), run.generator)
+            x = x.to(device)
+            target = self._ann_outputs(x)
+            bad = ~torch.isfinite(target).all(1)
+            if bool(bad.any()):
+                raise FloatingPointError(
+                    f"step {step}: ann produced non-finite outputs for training indices "
+                    f"{i1[bad.cpu()].tolist()}" + (f" mixed with {i2[bad.cpu()].tolist()}" if self.mix else "")
+                )
+            fresh = run.fresh_sweep.next(self.inducing_batch_size, run.generator)
+            output = model(x, fresh_indices=fresh, fresh_inputs=take_inputs(inducing_dataset, fresh).to(device))
+            loss = -mll(output, target.to(output.mean.dtype))
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(
+                    f"step {step}: non-finite loss; the kernel network's embeddings of training indices "
+                    f"{i1.tolist()[:10]}... or inducing rows {fresh.tolist()[:10]}... are not finite, or the "
+                    "GP variance underflowed (raise noise)"
+                )
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            rows = run.refresh_sweep.next(refresh_size, run.generator)
+            try:
+                kernel.refresh(rows, take_inputs(inducing_dataset, rows).to(device))
+            except ValueError as error:
+                raise FloatingPointError(f"step {step}: refreshing inducing rows failed: {error}") from error
+            if self.recompute_every is not None and step % self.recompute_every == 0:
+                kernel.recompute_statistics()
+            run.step = step
+            record: dict[str, float] = {"step": float(step), "loss": float(loss.detach())}
+            if step % self.eval_every == 0 or step == self.steps:
+                record.update(self._evaluate(run, eval_x, eval_ann, inducing_dataset, device))
+                record["seconds"] = time.perf_counter() - start_time
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3g}", pearson=f"{record['pearson']:.4f}", stale=f"{record['staleness']:.3g}"
+                )
+            run.history.append(record)
+            bar.update(1)
+            if self.checkpoint_every is not None and step % self.checkpoint_every == 0:
+                self._save(run, kernel.num_inducing, kernel.num_heads)
+        bar.close()
+
+    def _evaluate(
+        self, run: _Run, eval_x: Tensor, eval_ann: Tensor, inducing_dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        model, kernel = run.model, run.model.covar_module
+        mean, _ = model.predict(eval_x)
+        corr = pearson_per_head(mean, eval_ann)
+        # Staleness on a sample drawn from a generator of its own (keeps the run's draws unchanged).
+        generator = torch.Generator().manual_seed(self.seed + run.step)
+        rows = torch.randint(kernel.num_inducing, (256,), generator=generator).unique()
+        staleness = kernel.staleness(rows, take_inputs(inducing_dataset, rows).to(device))
+        valid = corr[~corr.isnan()]
+        return {
+            "pearson": float(valid.mean()) if valid.numel() else float("nan"),
+            "pearson_min": float(valid.min()) if valid.numel() else float("nan"),
+            "staleness": staleness,
+        }
+
+
+def distill(
+    ann: nn.Module,
+    train_dataset: Dataset,
+    inducing_dataset: Dataset | None = None,
+    **kwargs: Any,
+) -> GPEXModel:
+    """One call: ``Distiller(ann, **kwargs).fit(train_dataset, inducing_dataset).model_``."""
+    resume = kwargs.pop("resume", None)
+    return Distiller(ann, **kwargs).fit(train_dataset, inducing_dataset, resume=resume).model_
