@@ -1,5 +1,31 @@
-"""gpex_gpytorch: explain trained PyTorch networks with Gaussian processes (GPEX) in GPyTorch."""
+"""gpex_gpytorch: explain trained PyTorch networks with Gaussian processes (GPEX) in GPyTorch.
+
+The package is layered: ``operators`` → ``kernels`` → ``variational`` → ``models`` → ``mlls`` →
+``distillation`` → ``explain``.
+"""
+
+from .distillation import Distiller, FaithfulnessReport, distill, faithfulness
+from .kernels import CachedDeepKernel
+from .mlls import ANNMatchingELBO, ANNMatchingLoss, ann_matching_loss
+from .models.gpex_model import GPEXModel
+from .operators import LowRankPlusDiagonal, LowRankPlusDiagonalLinearOperator
+from .variational import GPEXVariationalDistribution, GPEXVariationalStrategy
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ANNMatchingELBO",
+    "ANNMatchingLoss",
+    "CachedDeepKernel",
+    "Distiller",
+    "FaithfulnessReport",
+    "GPEXModel",
+    "GPEXVariationalDistribution",
+    "GPEXVariationalStrategy",
+    "LowRankPlusDiagonal",
+    "LowRankPlusDiagonalLinearOperator",
+    "__version__",
+    "ann_matching_loss",
+    "distill",
+    "faithfulness",
+]

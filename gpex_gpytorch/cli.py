@@ -7,9 +7,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command name -> (module, one-line help). Modules are imported only when their command runs
-# or when the parser is built, so a slow import does not tax every command.
-COMMANDS: dict[str, tuple[str, str]] = {}
+# command name -> (module, one-line help); each module is imported when the parser is built.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("gpex_gpytorch.commands.demo", "train a digits CNN, explain it with GPs, report faithfulness"),
+    "pca": ("gpex_gpytorch.commands.pca", "principal components vs neurons of the digits CNN: completeness, grids"),
+    "pathways": ("gpex_gpytorch.commands.pathways", "neural pathways (GEN-CNP) of the digits CNN vs baselines"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

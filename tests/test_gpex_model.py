@@ -226,3 +226,15 @@ def test_bad_input_is_named_before_any_state_changes() -> None:
         model(x.to("meta"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_prior_distribution_is_a_low_rank_plus_diagonal_mvn_consistent_with_the_kl() -> None:
+    from gpex_gpytorch import LowRankPlusDiagonal
+
+    model, net, inducing, values = _setup(2, 300, 3)
+    prior = model.variational_strategy.prior_distribution
+    assert isinstance(prior.lazy_covariance_matrix, LowRankPlusDiagonal)
+    log_prob = prior.log_prob(values.T).sum()
+    torch.testing.assert_close(
+        -log_prob.double(), model.variational_strategy.kl_divergence().double(), rtol=1e-5, atol=1e-4
+    )

@@ -228,7 +228,7 @@ class CachedDeepKernel(Kernel):
             self.recompute_statistics()
 
     @torch.no_grad()
-    def recompute_statistics(self, batch_size: int = 65536) -> None:
+    def recompute_statistics(self, batch_size: int = 16384) -> None:
         """Recompute ``G = UᵀU``, ``b = UᵀV`` and ``VᵀV`` exactly from the cache (:math:`O(MHD^2)`)."""
         gram, cross = self._exact_statistics(batch_size)
         self.gram.copy_(gram)
@@ -236,7 +236,7 @@ class CachedDeepKernel(Kernel):
             self.cross.copy_(cross)
             self.values_sq.copy_(self.inducing_values.to(self.statistics_dtype).square().sum(0))
 
-    def _exact_statistics(self, batch_size: int = 65536) -> tuple[Tensor, Tensor | None]:
+    def _exact_statistics(self, batch_size: int = 16384) -> tuple[Tensor, Tensor | None]:
         gram = torch.zeros_like(self.gram)
         cross = torch.zeros_like(self.cross) if self.has_inducing_values else None
         for start in range(0, self.num_inducing, batch_size):

@@ -13,6 +13,7 @@ from linear_operator.operators import LowRankRootLinearOperator
 from torch import Tensor
 
 from ..kernels import CachedDeepKernel, InducingStatistics
+from ..operators import LowRankPlusDiagonal
 from ..utils import check_positive, check_tensor
 from .gpex_variational_distribution import GPEXVariationalDistribution
 
@@ -114,9 +115,8 @@ class GPEXVariationalStrategy(Module):
         A :class:`~gpex_gpytorch.LowRankPlusDiagonal` covariance of batch ``(H,)``: exact
         ``log_prob``, ``rsample`` and ``variance`` at any ``M``.
         """
-        from ..operators import LowRankPlusDiagonal
-
-        root = self.kernel.embeddings.to(torch.get_default_dtype())
+        # Reduced-precision storage (bfloat16/float16) is computed with in float32.
+        root = self.kernel.embeddings.to(torch.promote_types(self.kernel.embeddings.dtype, torch.float32))
         noise = self._head_noise().to(root.dtype)
         return MultivariateNormal(root.new_zeros(root.shape[:-1]), LowRankPlusDiagonal(root, noise))
 

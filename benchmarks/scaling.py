@@ -1,0 +1,212 @@
+"""Time per training step and peak memory versus the number of inducing points M.
+
+Each case runs in a fresh subprocess, so its peak resident memory (``ru_maxrss``) is its own.
+Ours: ``GPEXModel`` with a ``CachedDeepKernel`` (10 heads x D=64, MLP kernel network, batch
+256): forward with 256 fresh rows, ``ANNMatchingELBO``, backward, Adam step, refresh of 256
+rows. Peers: GPyTorch SVGP (``VariationalStrategy`` + Cholesky variational distribution, the
+same MLP feeding an RBF kernel, 10 independent heads) and SV-DKL (``GridInterpolation
+VariationalStrategy`` on a 2-D grid per head). Peers stop at a time/memory cap.
+
+Usage::
+
+    python benchmarks/scaling.py --out docs/figures/scaling   # all cases, table + PNG + JSON
+    python benchmarks/scaling.py --one ours 1000000            # one case, prints JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HEADS, DIM, BATCH, INPUT = 10, 64, 256, 32
+TIME_CAP_S = 120.0  # peers whose first step exceeds this are not run at larger M
+
+
+def _mlp(out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(INPUT, 128), nn.ReLU(), nn.Linear(128, out))
+
+
+def _ours(m: int, steps: int) -> dict[str, float]:
+    from gpex_gpytorch.kernels import CachedDeepKernel
+    from gpex_gpytorch.mlls import ANNMatchingELBO
+    from gpex_gpytorch.models.gpex_model import GPEXModel
+
+    torch.manual_seed(0)
+    inducing = torch.randn(m, INPUT)
+    kernel = CachedDeepKernel(_mlp(HEADS * DIM), m, HEADS, DIM)
+    start = time.perf_counter()
+    kernel.fill(inducing, batch_size=16384, progress=False)
+    fill_s = time.perf_counter() - start
+    model = GPEXModel(kernel, torch.randn(m, HEADS))
+    mll = ANNMatchingELBO(None, model, num_data=m, detach_variance=True)
+    optimizer = torch.optim.Adam(kernel.feature_extractor.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x = torch.randn(BATCH, INPUT, generator=generator)
+        fresh = torch.randint(m, (BATCH,), generator=generator).unique()
+        output = model(x, fresh_indices=fresh, fresh_inputs=inducing[fresh])
+        loss = -mll(output, torch.randn(BATCH, HEADS, generator=generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rows = torch.randint(m, (BATCH,), generator=generator).unique()
+        kernel.refresh(rows, inducing[rows])
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {
+        "step_s": (time.perf_counter() - start) / steps,
+        "fill_s": fill_s,
+        "cache_bytes": kernel.embeddings.numel() * kernel.embeddings.element_size(),
+    }
+
+
+def _svgp(m: int, steps: int, grid: bool) -> dict[str, float]:
+    import gpytorch
+
+    torch.manual_seed(0)
+    batch_shape = torch.Size([HEADS])
+
+    class DeepSVGP(gpytorch.models.ApproximateGP):
+        def __init__(self) -> None:
+            if grid:
+                side = int(round(m**0.5))
+                distribution = gpytorch.variational.CholeskyVariationalDistribution(
+                    side * side, batch_shape=batch_shape
+                )
+                strategy = gpytorch.variational.GridInterpolationVariationalStrategy(
+                    self, grid_size=side, grid_bounds=[(-1.0, 1.0), (-1.0, 1.0)], variational_distribution=distribution
+                )
+            else:
+                distribution = gpytorch.variational.CholeskyVariationalDistribution(m, batch_shape=batch_shape)
+                strategy = gpytorch.variational.VariationalStrategy(
+                    self, torch.randn(m, 2), distribution, learn_inducing_locations=True
+                )
+            super().__init__(gpytorch.variational.IndependentMultitaskVariationalStrategy(strategy, num_tasks=HEADS))
+            self.features = _mlp(2)
+            self.scale = gpytorch.utils.grid.ScaleToBounds(-1.0, 1.0)
+            self.covar_module = gpytorch.kernels.ScaleKernel(
+                gpytorch.kernels.RBFKernel(batch_shape=batch_shape), batch_shape=batch_shape
+            )
+
+        def forward(self, z: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+            return gpytorch.distributions.MultivariateNormal(torch.zeros(z.shape[:-1]), self.covar_module(z))
+
+        def __call__(self, x: torch.Tensor, **kwargs: object) -> gpytorch.distributions.MultivariateNormal:
+            return super().__call__(self.scale(self.features(x)), **kwargs)
+
+    model = DeepSVGP()
+    likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=HEADS)
+    mll = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=10_000)
+    optimizer = torch.optim.Adam([*model.parameters(), *likelihood.parameters()], lr=1e-3)
+
+    def step() -> None:
+        x = torch.randn(BATCH, INPUT)
+        loss = -mll(model(x), torch.randn(BATCH, HEADS))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step()  # the first step, also a warm-up: it is what the cap is checked on
+    first = time.perf_counter() - start
+    if first > TIME_CAP_S or steps <= 1:
+        return {"step_s": first, "fill_s": 0.0, "cache_bytes": 0}
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return {"step_s": (time.perf_counter() - start) / steps, "fill_s": 0.0, "cache_bytes": 0}
+
+
+def run_one(method: str, m: int, steps: int) -> dict[str, float]:
+    if method == "ours":
+        result = _ours(m, steps)
+    elif method in ("svgp", "svdkl"):
+        result = _svgp(m, steps, grid=method == "svdkl")
+    else:
+        raise ValueError(f"method: expected ours, svgp or svdkl, got {method!r}")
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return result
+
+
+CASES: dict[str, list[int]] = {
+    "ours": [1_000, 4_000, 8_000, 100_000, 1_000_000],
+    "svgp": [1_000, 4_000, 8_000, 100_000, 1_000_000],
+    "svdkl": [1_024, 4_096],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "M"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/scaling"))
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.steps)))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, object]] = []
+    for method, sizes in CASES.items():
+        stopped = None
+        for m in sizes:
+            if stopped is not None:
+                results.append({"method": method, "M": m, "stopped": stopped})
+                continue
+            steps = args.steps if method == "ours" else 3
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", method, str(m), "--steps", str(steps)],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+            if proc.returncode != 0:
+                stopped = f"failed at M={m}: {proc.stderr.strip().splitlines()[-1][:120]}"
+                results.append({"method": method, "M": m, "stopped": stopped})
+                continue
+            row = {"method": method, "M": m, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            if method != "ours" and row["step_s"] > TIME_CAP_S / 10:
+                stopped = f"step time {row['step_s']:.1f} s at M={m} (cap: {TIME_CAP_S / 10:.0f} s per step)"
+    (args.out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
+    _plot(results, args.out / "scaling.png")
+
+
+def _plot(results: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in CASES:
+        rows = [r for r in results if r["method"] == method and "step_s" in r]
+        if not rows:
+            continue
+        ms = [r["M"] for r in rows]
+        ax_time.loglog(ms, [r["step_s"] for r in rows], "o-", label=method)
+        ax_mem.loglog(ms, [r["peak_rss_bytes"] / 2**30 for r in rows], "o-", label=method)
+    ax_time.set(xlabel="inducing points M", ylabel="seconds per training step", title="time per step")
+    ax_mem.set(xlabel="inducing points M", ylabel="peak RSS (GiB)", title="peak memory")
+    for ax in (ax_time, ax_mem):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""``gpex demo``: train a digits CNN, explain it with GPs, and report how faithful they are."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..datasets import load_digits
+from ..distillation import Distiller, faithfulness, load_checkpoint, plot_faithfulness, predict_gp_and_ann
+from ..explain import nearest_neighbours
+from ..models import DigitsCNN
+from ..models.classifier_training import fit_classifier
+from ..models.gpex_model import GPEXModel
+
+# Settings that reach Pearson >= 0.999 on held-out digits in about a minute on 2 cores
+# (docs/getting_started.md has the measurements behind them).
+DEMO_SETTINGS: dict[str, Any] = {
+    "embedding_dim": 20,
+    "noise": 1.0,
+    "steps": 2000,
+    "batch_size": 64,
+    "inducing_batch_size": 64,
+    "lr": 1e-3,
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the CNN and the distillation")
+    parser.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="distillation steps")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of CNN training")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _digits(seed: int) -> tuple[TensorDataset, TensorDataset]:
+    return load_digits(seed=seed)
+
+
+def _cnn() -> nn.Module:
+    return DigitsCNN(num_classes=10, width=1024)
+
+
+def _distiller(ann: nn.Module, seed: int, steps: int, progress: bool, out: Path | None = None) -> Distiller:
+    settings = {**DEMO_SETTINGS, "steps": steps}
+    checkpointing = {} if out is None else {"checkpoint_every": steps, "checkpoint_path": out / "checkpoint.pt"}
+    return Distiller(ann, seed=seed, progress=progress, **settings, **checkpointing)
+
+
+def load_demo(out_dir: str | Path) -> tuple[nn.Module, GPEXModel, TensorDataset, TensorDataset]:
+    """Rebuild what ``gpex demo --out out_dir`` trained: ``(ann, gp_model, train, test)``."""
+    out = Path(out_dir)
+    metrics_path = out / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"checkpoint: {out} has no metrics.json; run `gpex demo --out {out}` first")
+    metrics = json.loads(metrics_path.read_text())
+    seed, steps = int(metrics["seed"]), int(metrics["steps"])
+    train, test = _digits(seed)
+    ann = _cnn()
+    ann.load_state_dict(load_checkpoint_weights(out / "ann.pt"))
+    ann.eval()
+    # Resuming at the final step runs no step: it rebuilds the model from the checkpoint.
+    distiller = _distiller(ann, seed, steps, progress=False).fit(train, resume=out / "checkpoint.pt")
+    return ann, distiller.model_, train, test
+
+
+def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _plot_neighbours(
+    test_images: torch.Tensor,
+    train_images: torch.Tensor,
+    neighbours: Any,
+    path: Path,
+    *,
+    test_labels: torch.Tensor,
+    train_labels: torch.Tensor,
+) -> None:
+    """Each row: a test digit, then its nearest training digits in the predicted head's kernel space."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, k = neighbours.indices.shape
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.1 * (k + 1), 1.25 * rows), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(test_images[r].squeeze(0), cmap="gray_r")
+        axes[r, 0].set_title(f"test y={int(test_labels[r])}\nhead {int(neighbours.heads[r])}", fontsize=7)
+        for c in range(k):
+            idx = int(neighbours.indices[r, c])
+            axes[r, c + 1].imshow(train_images[idx].squeeze(0), cmap="gray_r")
+            axes[r, c + 1].set_title(
+                f"y={int(train_labels[idx])} s={float(neighbours.similarities[r, c]):.2f}", fontsize=6
+            )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.quiet
+    start = time.perf_counter()
+    train, test = _digits(args.seed)
+    ann = fit_classifier(_cnn(), train, epochs=args.epochs, seed=args.seed, progress=progress)
+    ann.eval()
+    torch.save(ann.state_dict(), out / "ann.pt")
+    cnn_seconds = time.perf_counter() - start
+
+    distiller = _distiller(ann, args.seed, args.steps, progress, out).fit(train)
+    model = distiller.model_
+    report = faithfulness(model, ann, test)
+    mean, _, ann_out, labels = predict_gp_and_ann(model, ann, test)
+    plot_faithfulness(mean, ann_out, out / "faithfulness.png")
+
+    shown = torch.arange(10)
+    test_images = test.tensors[0][shown]
+    neighbours = nearest_neighbours(model, test_images, k=10)
+    _plot_neighbours(
+        test_images,
+        train.tensors[0],
+        neighbours,
+        out / "neighbours.png",
+        test_labels=test.tensors[1][shown],
+        train_labels=train.tensors[1],
+    )
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == args.steps
+    metrics = {
+        "pearson_per_head": report.pearson_per_head,
+        "pearson_mean": report.pearson_mean,
+        "pearson_min": report.pearson_min,
+        "ann_test_accuracy": report.ann_accuracy,
+        "gp_test_accuracy": report.gp_accuracy,
+        "gp_ann_agreement": report.agreement,
+        "num_inducing": model.covar_module.num_inducing,
+        "num_test": report.num_samples,
+        "steps": args.steps,
+        "seed": args.seed,
+        "settings": {k: v for k, v in DEMO_SETTINGS.items() if k != "steps"},
+        "cnn_training_seconds": cnn_seconds,
+        "seconds": time.perf_counter() - start,
+        "final_staleness": next(h["staleness"] for h in reversed(distiller.history_) if "staleness" in h),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(
+        f"Pearson per head: mean {report.pearson_mean:.4f}, min {report.pearson_min:.4f}; "
+        f"test accuracy ANN {report.ann_accuracy:.4f} / GP {report.gp_accuracy:.4f}; "
+        f"{metrics['seconds']:.0f} s; wrote {out}/metrics.json, faithfulness.png, neighbours.png"
+    )
+    return 0
