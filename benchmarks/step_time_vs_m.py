@@ -23,15 +23,19 @@ from gpex_gpytorch import ANNMatchingELBO, CachedDeepKernel, GPEXModel
 HEADS, DIM, BATCH, INPUT = 10, 64, 256, 32
 
 
-def build_step(m: int, seed: int = 0) -> Callable[[], None]:
+def build_step(m: int, seed: int = 0, fill: bool = True) -> Callable[[], None]:
     """One GPyTorch-native training step of GPEX at M = ``m`` (forward with fresh rows, ELBO,
-    backward, Adam, refresh)."""
+    backward, Adam, refresh). ``fill=False`` fills the cache with random rows instead of the
+    network's embeddings (faster set-up for very large M)."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(INPUT, 128), nn.ReLU(), nn.Linear(128, HEADS * DIM))
     kernel = CachedDeepKernel(net, m, HEADS, DIM)
-    kernel.embeddings.normal_()
-    kernel.recompute_statistics()
     inducing = torch.randn(m, INPUT)
+    if fill:
+        kernel.fill(inducing, batch_size=16384, progress=False)
+    else:
+        kernel.embeddings.normal_()
+        kernel.recompute_statistics()
     model = GPEXModel(kernel, torch.randn(m, HEADS))
     mll = ANNMatchingELBO(None, model, num_data=m, detach_variance=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
