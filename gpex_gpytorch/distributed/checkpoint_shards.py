@@ -1,0 +1,178 @@
+"""Checkpoints of a sharded run: one file per rank, a replicated part, and a manifest; re-shard on load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..distillation.checkpointing import load_checkpoint, save_checkpoint
+from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
+from .sharding import ShardLayout
+
+__all__ = ["ShardedCheckpoint", "load_sharded_checkpoint", "save_sharded_checkpoint"]
+
+MANIFEST = "manifest.json"
+FORMAT = "gpex-sharded-1"
+# The kernel buffers split by rows, and the dimension of their rows.
+_SHARDED_BUFFERS = {"embeddings": 1, "inducing_values": 0}
+
+
+@dataclass(frozen=True)
+class ShardedCheckpoint:
+    """A sharded checkpoint loaded for one rank of some (possibly different) layout.
+
+    :ivar model_state: the model's ``state_dict`` with the sharded buffers cut to the rows of the
+        requested rank (all rows for a layout of one rank: loadable into a single-process model).
+    :ivar extra: the replicated, non-model state saved alongside (optimizer, generators, ...).
+    :ivar step: the step it was written at.
+    :ivar manifest: the manifest (world size, shard ranges, files).
+    """
+
+    model_state: dict[str, Tensor]
+    extra: dict[str, Any]
+    step: int
+    manifest: dict[str, Any]
+
+
+def _sharded_keys(state: dict[str, Tensor], kernel_prefix: str) -> dict[str, int]:
+    return {kernel_prefix + name: dim for name, dim in _SHARDED_BUFFERS.items() if kernel_prefix + name in state}
+
+
+def _kernel_prefix(model: nn.Module, kernel: ShardedCachedDeepKernel) -> str:
+    for name, module in model.named_modules():
+        if module is kernel:
+            return f"{name}." if name else ""
+    raise ValueError("kernel: expected a sub-module of model")
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(payload, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def save_sharded_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    kernel: ShardedCachedDeepKernel,
+    extra: dict[str, Any],
+    *,
+    step: int,
+    keep: int = 1,
+) -> Path:
+    """Save a checkpoint of a sharded model (collective: every rank of the kernel's group calls it).
+
+    Layout on disk (``directory`` on a file system every rank can reach)::
+
+        manifest.json                       # written last, atomically: points at a complete step
+        step-00000100/replicated.pt         # rank 0: the model's replicated state + ``extra``
+        step-00000100/shard-00000-of-00002.pt   # rank r: its rows of U and V
+        step-00000100/shard-00001-of-00002.pt
+
+    A crash mid-save leaves the manifest pointing at the previous complete step.
+
+    :param directory: the checkpoint folder.
+    :param model: the model owning ``kernel`` (its ``state_dict`` is saved).
+    :param kernel: the sharded kernel (gives the rank, the layout and the process group).
+    :param extra: replicated state to save with it (identical on every rank; rank 0's is written).
+    :param step: the training step (names the sub-folder).
+    :param keep: how many complete steps to keep on disk.
+    :returns: the sub-folder written.
+    """
+    directory = Path(directory)
+    folder = directory / f"step-{step:08d}"
+    layout, rank, group = kernel.layout, kernel.rank, kernel.process_group
+    state = model.state_dict()
+    sharded = _sharded_keys(state, _kernel_prefix(model, kernel))
+    name = f"shard-{rank:05d}-of-{layout.world_size:05d}.pt"
+    save_checkpoint(folder / name, {"format": FORMAT, "rank": rank, **{k: state[k] for k in sharded}})
+    if rank == 0:
+        replicated = {k: v for k, v in state.items() if k not in sharded}
+        save_checkpoint(folder / "replicated.pt", {"format": FORMAT, "model": replicated, "extra": extra})
+    dist.barrier(group=group)  # every shard is on disk before the manifest names it
+    if rank == 0:
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "folder": folder.name,
+            "num_inducing": layout.num_rows,
+            "world_size": layout.world_size,
+            "sharded_keys": sharded,
+            "shards": [
+                {
+                    "rank": r,
+                    "start": layout.start(r),
+                    "stop": layout.stop(r),
+                    "file": f"shard-{r:05d}-of-{layout.world_size:05d}.pt",
+                }
+                for r in range(layout.world_size)
+            ],
+        }
+        _write_json_atomically(directory / MANIFEST, manifest)
+        steps = sorted(p for p in directory.glob("step-*") if p.is_dir())
+        for old in steps[: max(0, len(steps) - keep)]:
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier(group=group)  # nobody reads or rewrites the folder before the manifest is in place
+    return folder
+
+
+def load_sharded_checkpoint(
+    directory: str | Path,
+    layout: ShardLayout | None = None,
+    rank: int = 0,
+    *,
+    map_location: str | torch.device | None = "cpu",
+) -> ShardedCheckpoint:
+    """Load the rows of ``rank`` under ``layout`` from a sharded checkpoint written on any number of ranks.
+
+    Only files are read (no collective): the rows ``[layout.start(rank), layout.stop(rank))`` are
+    cut from the saved shards that overlap them and concatenated. ``layout=None`` (or one rank)
+    gives the whole inducing set, e.g. to explain on one machine what was trained on many.
+
+    :raises FileNotFoundError: no manifest in ``directory``.
+    :raises ValueError: a manifest of another format, or a layout over another number of rows.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"checkpoint: no {MANIFEST} in {directory}")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"checkpoint: expected a manifest of format {FORMAT}, got {manifest.get('format')!r}")
+    num_rows = int(manifest["num_inducing"])
+    layout = ShardLayout(num_rows, 1) if layout is None else layout
+    if layout.num_rows != num_rows:
+        raise ValueError(f"layout: the checkpoint has {num_rows} inducing rows, the layout {layout.num_rows}")
+    folder = directory / manifest["folder"]
+    replicated = load_checkpoint(folder / "replicated.pt", map_location=map_location)
+    start, stop = layout.bounds(rank)
+    pieces: dict[str, list[Tensor]] = {key: [] for key in manifest["sharded_keys"]}
+    for shard in manifest["shards"]:
+        lo, hi = max(start, shard["start"]), min(stop, shard["stop"])
+        if lo >= hi:
+            continue
+        saved = load_checkpoint(folder / shard["file"], map_location=map_location)
+        for key, dim in manifest["sharded_keys"].items():
+            pieces[key].append(saved[key].narrow(dim, lo - shard["start"], hi - lo))
+    model_state = dict(replicated["model"])
+    for key, dim in manifest["sharded_keys"].items():
+        model_state[key] = torch.cat(pieces[key], dim=dim)
+    return ShardedCheckpoint(model_state, dict(replicated["extra"]), int(manifest["step"]), manifest)
