@@ -117,7 +117,8 @@ def _scenario_equivalence(rank: int, world: int, folder: Path) -> dict[str, Any]
     out["neighbours"] = (found.indices, found.similarities)
 
     dataset, ann = _distiller_data()
-    distiller = DistributedDistiller(
+    # The plain entry point: under torchrun, Distiller.fit hands over to DistributedDistiller.
+    distiller = Distiller(
         ann, **_distiller_settings(6, checkpoint_every=3, checkpoint_path=folder / "checkpoint")
     ).fit(dataset)
     trained = distiller.model_

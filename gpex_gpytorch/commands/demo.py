@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the CNN and the distillation")
     parser.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="distillation steps")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of CNN training")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of CNN training (batch 32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -116,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     start = time.perf_counter()
     train, test = _digits(args.seed)
-    ann = fit_classifier(_cnn(), train, epochs=args.epochs, seed=args.seed, progress=progress)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ann = fit_classifier(_cnn(), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
     ann.eval()
     torch.save(ann.state_dict(), out / "ann.pt")
     cnn_seconds = time.perf_counter() - start

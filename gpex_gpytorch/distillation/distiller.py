@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -196,6 +198,11 @@ class Distiller:
         self.progress = progress
 
     # ------------------------------------------------------------------ public
+    def get_params(self) -> dict[str, Any]:
+        """The keyword settings this distiller was built with (scikit-learn's ``get_params``)."""
+        names = inspect.signature(Distiller.__init__).parameters
+        return {name: getattr(self, name) for name in names if name not in ("self", "ann", "kernel_network")}
+
     def fit(
         self,
         train_dataset: Dataset,
@@ -209,6 +216,15 @@ class Distiller:
         :param inducing_dataset: the inducing instances; default ``train_dataset`` (no augmentation).
         :param resume: a checkpoint written by an earlier run with the same settings and data.
         """
+        if type(self) is Distiller and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Launched with torchrun: the same call shards the cache across the ranks.
+            from ..distributed import DistributedDistiller
+
+            distributed = DistributedDistiller(self.ann, self.kernel_network, **self.get_params())
+            distributed.fit(train_dataset, inducing_dataset, resume=resume)
+            # Fitted attributes (model_, history_, communication_, ...) carry over.
+            self.__dict__.update({k: v for k, v in vars(distributed).items() if k.endswith("_")})
+            return self
         num_train = dataset_length(train_dataset, "train_dataset")
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
