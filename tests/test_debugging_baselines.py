@@ -1,0 +1,164 @@
+"""Baselines of the dataset-debugging benchmark, checked on small cases with known answers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gpex_gpytorch.explain.debugging_baselines import (
+    Checkpoint,
+    captum_available,
+    captum_tracin,
+    fit_representer_points,
+    influence_scores,
+    knn_scores,
+    last_layer_hvp,
+    lissa_inverse_hvp,
+    loss_scores,
+    random_scores,
+    tracin_last_layer,
+)
+from gpex_gpytorch.explain.debugging_baselines import tracin as tracin_module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The suite runs on a shared 2-core machine: oversubscribed threads make tiny ops crawl.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _toy(n: int = 30, d: int = 4, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, c, (n,), generator=g), g
+
+
+def _mean_loss(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(torch.cat([x, torch.ones_like(x[:, :1])], 1) @ theta.T, y)
+
+
+def test_representer_values_reproduce_fine_tuned_logits() -> None:
+    x, y, g = _toy()
+    rep = fit_representer_points(x, y, torch.randn(3, 4, generator=g, dtype=torch.float64), lam=0.05)
+    test = torch.randn(7, 4, dtype=torch.float64, generator=g)
+    assert rep.gradient_norm < 1e-8
+    torch.testing.assert_close(rep.contributions(test).sum(1), rep.logits(test), atol=1e-7, rtol=1e-7)
+    classes = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    torch.testing.assert_close(rep.scores(test, classes).sum(1), rep.logits(test)[torch.arange(7), classes])
+    assert rep.self_scores(y).shape == (30,) and bool((rep.self_scores(y) >= 0).all())
+
+
+def test_lissa_matches_exact_hessian_inverse() -> None:
+    x, y, g = _toy(n=20, d=3, c=3)
+    theta = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    xa = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    hessian = torch.autograd.functional.hessian(lambda t: _mean_loss(t.view(3, 4), x, y), theta.flatten())
+    hvp = last_layer_hvp(xa, torch.softmax(xa @ theta.T, 1))
+    v = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(hvp(v).reshape(2, -1), v.reshape(2, -1) @ hessian)  # closed form = autograd
+    damping = 0.1
+    exact = torch.linalg.solve(hessian + damping * torch.eye(12, dtype=torch.float64), v.reshape(2, -1).T).T
+    scale = 1.1 * float(torch.linalg.eigvalsh(hessian).max() + damping)
+    approx = lissa_inverse_hvp(hvp, v, damping=damping, scale=scale, steps=3000)
+    torch.testing.assert_close(approx.reshape(2, -1), exact, atol=1e-8, rtol=1e-6)
+
+
+def test_influence_scores_equal_exact_formula() -> None:
+    x, y, g = _toy(n=25, d=3, c=2)
+    weight, bias = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.randn(2, generator=g, dtype=torch.float64)
+    x_test, y_test = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    result = influence_scores(x, y, weight, bias, x_test, y_test, damping=0.1, steps=4000)
+    theta = torch.cat([weight, bias[:, None]], 1).flatten()
+    hessian = torch.autograd.functional.hessian(lambda t: _mean_loss(t.view(2, 4), x, y), theta)
+    inverse = torch.linalg.inv(hessian + 0.1 * torch.eye(8, dtype=torch.float64))
+
+    def grad(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.functional.jacobian(lambda t: _mean_loss(t.view(2, 4), xi[None], yi[None]), theta)
+
+    expected = torch.tensor(
+        [[-float(grad(x_test[t], y_test[t]) @ inverse @ grad(x[i], y[i])) for i in range(25)] for t in range(4)]
+    )
+    torch.testing.assert_close(result.scores, expected.double(), atol=1e-7, rtol=1e-5)
+    assert "LiSSA" in result.backend
+
+
+def test_tracin_equals_per_example_gradient_dot_products() -> None:
+    x, y, g = _toy(n=10, d=3, c=3)
+    x_test, y_test = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.tensor([2, 0])
+    checkpoints, expected = [], torch.zeros(2, 10, dtype=torch.float64)
+    for lr in (0.5, 0.1):
+        w, b = torch.randn(3, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+        checkpoints.append(Checkpoint(x, x_test, w, b, lr))
+        theta = torch.cat([w, b[:, None]], 1).flatten()
+
+        def grad(xi: torch.Tensor, yi: torch.Tensor, theta: torch.Tensor = theta) -> torch.Tensor:
+            return torch.autograd.functional.jacobian(lambda p: _mean_loss(p.view(3, 4), xi[None], yi[None]), theta)
+
+        for t in range(2):
+            for i in range(10):
+                expected[t, i] += lr * float(grad(x_test[t], y_test[t]) @ grad(x[i], y[i]))
+    torch.testing.assert_close(tracin_last_layer(checkpoints, y, y_test), expected)
+
+
+def test_knn_loss_random_known_values() -> None:
+    train = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    sims = knn_scores(train, torch.tensor([[3.0, 3.0]]))
+    torch.testing.assert_close(sims, torch.tensor([[2**-0.5, 2**-0.5, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(knn_scores(train, torch.tensor([[1.0, 0.0]]), metric="euclidean")[0, 0].item(), 0.0)
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
+    torch.testing.assert_close(loss_scores(logits, labels), F.cross_entropy(logits, labels, reduction="none").double())
+    assert torch.equal(random_scores(5, seed=3), random_scores(5, seed=3))
+    assert not torch.equal(random_scores(5, seed=3), random_scores(5, seed=4))
+
+
+def test_missing_captum_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(captum_available(), bool)
+    monkeypatch.setattr(tracin_module, "captum_available", lambda: False)
+    with pytest.raises(ImportError, match="captum is not installed"):
+        captum_tracin(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), [], [], torch.zeros(1, 2), torch.zeros(1))
+
+
+def test_benchmark_skips_missing_optional_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_debugging.py"
+    spec = importlib.util.spec_from_file_location("label_debugging_under_test", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "captum_available", lambda: False)
+    monkeypatch.setattr(bench, "RETRAIN_FRACTIONS", (0.5,))
+    cfg = bench.Config(("two-class (3 vs 8)",), (0.45,), (0,), 1, 8, 3, 5, 0.01, 1e-3, 1)
+    run = bench.one_run("two-class (3 vs 8)", 0.45, 0, cfg)
+    assert "captum" in run["skipped"]["TracIn (captum TracInCPFast)"]
+    assert "TracIn (captum TracInCPFast)" not in run["methods"]
+    assert {"GPEX (ours)", "representer points", "influence functions", "random"} <= set(run["methods"])
+
+
+def test_bad_input_is_named() -> None:
+    x, y, _ = _toy()
+    with pytest.raises(ValueError, match="labels"):
+        fit_representer_points(x, y[:-1])
+    with pytest.raises(ValueError, match="features"):
+        fit_representer_points(x[:0], y[:0])
+    with pytest.raises(ValueError, match="lam"):
+        fit_representer_points(x, y, lam=0.0)
+    with pytest.raises(ValueError, match="test_labels"):
+        influence_scores(x, y, torch.zeros(3, 4), None, x[:2], y[:3])
+    with pytest.raises(ValueError, match="steps"):
+        lissa_inverse_hvp(lambda v: v, torch.ones(1, 2), steps=0)
+    with pytest.raises(ValueError, match="checkpoints"):
+        tracin_last_layer([], y, y)
+    with pytest.raises(ValueError, match="metric"):
+        knn_scores(x, x, metric="manhattan")
+    with pytest.raises(ValueError, match="train_labels"):
+        loss_scores(torch.zeros(3, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_train"):
+        random_scores(0)
