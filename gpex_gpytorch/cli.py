@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # command name -> (module, one-line help); each module is imported when the parser is built.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("gpex_gpytorch.commands.demo", "train a digits CNN, explain it with GPs, report faithfulness"),
+    "explain": ("gpex_gpytorch.commands.explain", "neighbours, maps, uncertainty and an HTML report for `gpex demo`"),
     "pca": ("gpex_gpytorch.commands.pca", "principal components vs neurons of the digits CNN: completeness, grids"),
     "pathways": ("gpex_gpytorch.commands.pathways", "neural pathways (GEN-CNP) of the digits CNN vs baselines"),
 }

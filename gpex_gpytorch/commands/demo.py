@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from ..datasets import load_digits
 from ..distillation import Distiller, faithfulness, load_checkpoint, plot_faithfulness, predict_gp_and_ann
 from ..explain import nearest_neighbours
+from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
@@ -77,40 +78,6 @@ def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _plot_neighbours(
-    test_images: torch.Tensor,
-    train_images: torch.Tensor,
-    neighbours: Any,
-    path: Path,
-    *,
-    test_labels: torch.Tensor,
-    train_labels: torch.Tensor,
-) -> None:
-    """Each row: a test digit, then its nearest training digits in the predicted head's kernel space."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, k = neighbours.indices.shape
-    fig, axes = plt.subplots(rows, k + 1, figsize=(1.1 * (k + 1), 1.25 * rows), squeeze=False)
-    for r in range(rows):
-        axes[r, 0].imshow(test_images[r].squeeze(0), cmap="gray_r")
-        axes[r, 0].set_title(f"test y={int(test_labels[r])}\nhead {int(neighbours.heads[r])}", fontsize=7)
-        for c in range(k):
-            idx = int(neighbours.indices[r, c])
-            axes[r, c + 1].imshow(train_images[idx].squeeze(0), cmap="gray_r")
-            axes[r, c + 1].set_title(
-                f"y={int(train_labels[idx])} s={float(neighbours.similarities[r, c]):.2f}", fontsize=6
-            )
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -133,13 +100,16 @@ def run(args: argparse.Namespace) -> int:
     shown = torch.arange(10)
     test_images = test.tensors[0][shown]
     neighbours = nearest_neighbours(model, test_images, k=10)
-    _plot_neighbours(
-        test_images,
-        train.tensors[0],
-        neighbours,
+    train_images, train_labels = train.tensors[0], train.tensors[1]
+    save_neighbour_grid(
         out / "neighbours.png",
+        test_images,
+        train_images[neighbours.indices],
+        similarities=neighbours.similarities,
         test_labels=test.tensors[1][shown],
-        train_labels=train.tensors[1],
+        neighbour_labels=train_labels[neighbours.indices],
+        heads=neighbours.heads,
+        title="10 test digits and their nearest training digits in the predicted head's kernel space",
     )
     assert load_checkpoint(out / "checkpoint.pt")["step"] == args.steps
     metrics = {

@@ -1,5 +1,47 @@
 """Explanations through the GPs' kernels: neighbours, maps, uncertainty, and neighbouring explainers."""
 
+from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
+from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
 from .nearest_neighbours import Neighbours, nearest_neighbours
+from .report import render_report, write_report
+from .similarity_maps import (
+    PooledSpatialKernelNetwork,
+    SimilarityMaps,
+    SpatialKernelNetwork,
+    neighbour_similarity_maps,
+    similarity_maps,
+)
+from .submodule_capture import CapturedActivations, capture_submodule, resolve_submodule, run_pipeline
+from .submodule_explainer import FlattenedOutput, SubmoduleExplainer
+from .uncertainty import UncertaintyReport, misclassification_auroc, posterior_variance, variance_auroc
 
-__all__ = ["Neighbours", "nearest_neighbours"]
+__all__ = [
+    "CapturedActivations",
+    "FlattenedOutput",
+    "Neighbours",
+    "PipelineComparison",
+    "PooledSpatialKernelNetwork",
+    "ReviewRanking",
+    "SimilarityMaps",
+    "SpatialKernelNetwork",
+    "SubmoduleExplainer",
+    "UncertaintyReport",
+    "capture_submodule",
+    "compare_pipeline",
+    "gp_replacement",
+    "label_review",
+    "label_self_scores",
+    "misclassification_auroc",
+    "nearest_neighbours",
+    "neighbour_similarity_maps",
+    "plot_review",
+    "posterior_variance",
+    "render_report",
+    "resolve_submodule",
+    "run_pipeline",
+    "similarity_maps",
+    "substitute_gp",
+    "variance_auroc",
+    "write_review_html",
+    "write_report",
+]

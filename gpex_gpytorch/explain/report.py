@@ -1,0 +1,133 @@
+"""A self-contained HTML report: per-head faithfulness first, then figures inlined as base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..distillation import FaithfulnessReport
+from .uncertainty import UncertaintyReport
+
+__all__ = ["render_report", "write_report"]
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #bbb; padding: 3px 9px; text-align: right; }
+th { background: #eee; }
+td.constant { color: #888; font-style: italic; }
+figure { margin: 1.5em 0; }
+figcaption { font-size: 0.9em; color: #444; }
+img { max-width: 100%; }
+pre { background: #f6f6f6; padding: 0.6em; }
+"""
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _faithfulness_section(report: FaithfulnessReport, head_names: Sequence[str] | None) -> str:
+    constant = set(report.constant_heads)
+    rows = []
+    for head, corr in enumerate(report.pearson_per_head):
+        label = html.escape(head_names[head]) if head_names is not None else str(head)
+        if head in constant:
+            rows.append(f"<tr><td>{label}</td><td class='constant'>constant (excluded)</td></tr>")
+        else:
+            rows.append(f"<tr><td>{label}</td><td>{_number(corr)}</td></tr>")
+    summary = [
+        ("mean Pearson (non-constant heads)", _number(report.pearson_mean)),
+        ("min Pearson", _number(report.pearson_min)),
+        ("constant heads", ", ".join(map(str, report.constant_heads)) or "none"),
+        ("examples", str(report.num_samples)),
+    ]
+    if report.ann_accuracy is not None:
+        summary.append(("network accuracy", _number(report.ann_accuracy)))
+    if report.gp_accuracy is not None:
+        summary.append(("GP accuracy (arg-max of means)", _number(report.gp_accuracy)))
+    if report.agreement is not None:
+        summary.append(("GP / network agreement", _number(report.agreement)))
+    summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
+    return (
+        "<section id='faithfulness'><h2>Faithfulness</h2>"
+        f"<table class='summary'>{summary_rows}</table>"
+        "<table class='per-head'><tr><th>head</th><th>Pearson (GP mean vs network)</th></tr>"
+        + "".join(rows)
+        + "</table></section>"
+    )
+
+
+def _uncertainty_section(report: UncertaintyReport) -> str:
+    rows = [
+        ("AUROC of predicted head's variance for misclassification", _number(report.auroc, 3)),
+        ("misclassified / examples", f"{report.num_errors} / {report.num_samples}"),
+        ("mean variance, misclassified", _number(report.mean_variance_errors, 5)),
+        ("mean variance, correct", _number(report.mean_variance_correct, 5)),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<section id='uncertainty'><h2>Uncertainty</h2><table>{body}</table></section>"
+
+
+def render_report(
+    *,
+    title: str,
+    faithfulness: FaithfulnessReport,
+    figures: Sequence[tuple[str, bytes]] = (),
+    uncertainty: UncertaintyReport | None = None,
+    head_names: Sequence[str] | None = None,
+    notes: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """The report as one HTML string with no external resources.
+
+    :param faithfulness: shown first, one row per head (constant heads marked and excluded).
+    :param figures: ``(caption, png_bytes)`` pairs, inlined as ``data:image/png;base64`` images.
+    :param uncertainty: the misclassification AUROC section (optional).
+    :param head_names: display names of the heads (e.g. class names).
+    :param notes: a paragraph of plain text under the title.
+    :param extra: any JSON-serialisable details, shown at the end.
+    """
+    if head_names is not None and len(head_names) != len(faithfulness.pearson_per_head):
+        raise ValueError(
+            f"head_names: expected {len(faithfulness.pearson_per_head)} names (one per head), got {len(head_names)}"
+        )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if notes:
+        parts.append(f"<p>{html.escape(notes)}</p>")
+    parts.append(_faithfulness_section(faithfulness, head_names))
+    if uncertainty is not None:
+        parts.append(_uncertainty_section(uncertainty))
+    if figures:
+        parts.append("<section id='figures'><h2>Explanations</h2>")
+        for caption, png in figures:
+            encoded = base64.b64encode(png).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(caption, quote=True)}' src='data:image/png;base64,{encoded}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        parts.append("</section>")
+    if extra:
+        parts.append(
+            f"<section id='details'><h2>Details</h2><pre>{html.escape(json.dumps(extra, indent=2))}</pre></section>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | Path, **kwargs: Any) -> Path:
+    """:func:`render_report` written to ``path`` (UTF-8); returns the path."""
+    path = Path(path)
+    path.write_text(render_report(**kwargs), encoding="utf-8")
+    return path

@@ -1,0 +1,29 @@
+"""The attention-branch example runs end to end in its quick (smoke-test) mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "attention_branch.py"
+
+
+@pytest.mark.slow
+def test_attention_branch_quick(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("attention_branch", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script does when run; many threads thrash on a busy machine
+    try:
+        assert module.main(["--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_heads"] == 16 and metrics["mask_shape"] == [1, 4, 4]
+    assert len(metrics["pearson_per_head"]) == 16 and metrics["quick"] is True
