@@ -179,3 +179,11 @@ def test_bad_input_is_named(digits) -> None:
         Distiller(ann, checkpoint_every=5)
     with pytest.raises(TypeError, match="ann"):
         Distiller(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_a_save_sweeps_temporaries_left_by_a_killed_writer(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    (tmp_path / ".c.pt.abc123.tmp").write_bytes(b"torn")
+    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"not ours")
+    save_checkpoint(path, {"format": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "c.pt"]

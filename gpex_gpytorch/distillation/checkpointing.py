@@ -15,10 +15,14 @@ import torch
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename.
 
-    A process killed mid-write leaves the previous checkpoint intact.
+    A process killed mid-write leaves the previous checkpoint intact (and at most a stray
+    temporary, which the next save removes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed mid-write (SIGKILL, power loss) leaves its temporary behind; sweep them.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
