@@ -21,7 +21,6 @@ Outputs are flattened to heads row-major: an output of per-example shape ``(C, h
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..utils import resolve_submodule as shared_resolve_submodule
 
 __all__ = [
     "CapturedActivations",
@@ -54,23 +55,7 @@ def resolve_submodule(pipeline: nn.Module, name: str | nn.Module) -> tuple[str, 
         the module object is not part of ``pipeline``.
     :raises TypeError: for a ``name`` that is neither a string nor a module.
     """
-    if not isinstance(pipeline, nn.Module):
-        raise TypeError(f"pipeline: expected a torch.nn.Module, got {type(pipeline).__name__}")
-    modules = dict(pipeline.named_modules())
-    if isinstance(name, nn.Module):
-        for dotted, module in modules.items():
-            if module is name:
-                return dotted, module
-        raise ValueError(f"name: the {type(name).__name__} given is not a sub-module of the pipeline")
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a dotted sub-module name or an nn.Module, got {type(name).__name__}")
-    if name in modules:
-        return name, modules[name]
-    candidates = [n for n in modules if n]
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(map(repr, close))}?" if close else "no name is close"
-    listing = ", ".join(repr(n) for n in candidates[:20]) + (" ..." if len(candidates) > 20 else "")
-    raise ValueError(f"name: the pipeline has no sub-module {name!r}; {hint} (sub-modules: {listing})")
+    return shared_resolve_submodule(pipeline, name, argument="name", model_argument="pipeline")
 
 
 @contextmanager

@@ -1,6 +1,7 @@
-"""Small shared helpers: argument validation and memory estimates."""
+"""Small shared helpers: argument validation, memory estimates, sub-module lookup."""
 
 from .memory import available_memory_bytes, check_allocation
+from .modules import resolve_submodule, suggest_names
 from .validation import check_finite, check_index_tensor, check_positive, check_tensor
 
 __all__ = [
@@ -10,4 +11,6 @@ __all__ = [
     "check_index_tensor",
     "check_positive",
     "check_tensor",
+    "resolve_submodule",
+    "suggest_names",
 ]
