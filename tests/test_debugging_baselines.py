@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ from gpex_gpytorch.explain.debugging_baselines import (
     tracin_last_layer,
 )
 from gpex_gpytorch.explain.debugging_baselines import tracin as tracin_module
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The suite runs on a shared 2-core machine: oversubscribed threads make tiny ops crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy(n: int = 30, d: int = 4, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

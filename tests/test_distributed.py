@@ -118,9 +118,9 @@ def _scenario_equivalence(rank: int, world: int, folder: Path) -> dict[str, Any]
 
     dataset, ann = _distiller_data()
     # The plain entry point: under torchrun, Distiller.fit hands over to DistributedDistiller.
-    distiller = Distiller(
-        ann, **_distiller_settings(6, checkpoint_every=3, checkpoint_path=folder / "checkpoint")
-    ).fit(dataset)
+    distiller = Distiller(ann, **_distiller_settings(6, checkpoint_every=3, checkpoint_path=folder / "checkpoint")).fit(
+        dataset
+    )
     trained = distiller.model_
     out["trained_network"] = [p.detach().clone() for p in trained.covar_module.feature_extractor.parameters()]
     out["trained_noise"] = trained.noise.detach().clone()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from gpex_gpytorch.explain.label_review import (
 )
 from gpex_gpytorch.kernels import CachedDeepKernel
 from gpex_gpytorch.models.gpex_model import GPEXModel
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The suite runs on a shared 2-core machine: oversubscribed threads make tiny ops crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _identity_model(train: torch.Tensor, heads: int = 2, noise: float = 1.0) -> GPEXModel:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -30,18 +28,7 @@ LAYERS = ["features.0", "features.2", "features.5", "penultimate.1"]
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    # Two cores shared with other jobs: intra-op threads only spin against each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     train, test = load_digits(seed=0)
     torch.manual_seed(0)
     model = fit_classifier(DigitsCNN(width=128), train, epochs=10, seed=0)
@@ -85,7 +72,7 @@ def test_generator_beats_random_and_topk_at_equal_sparsity(trained):
     assert -1.0 <= result.spearman <= 1.0
 
 
-def test_generator_is_reproducible_and_leaves_target_untouched(one_thread):
+def test_generator_is_reproducible_and_leaves_target_untouched():
     torch.manual_seed(1)
     model = DigitsCNN(width=16).eval()
     x = torch.rand(40, 1, 8, 8)

@@ -15,15 +15,6 @@ digits_cnn = pytest.importorskip("gpex_gpytorch.models.digits_cnn")
 pytest.importorskip("gpex_gpytorch.models.classifier_training")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a small shared machine more threads oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_gpex_pca_writes_json_and_figures(tmp_path) -> None:
     from gpex_gpytorch.cli import main
 

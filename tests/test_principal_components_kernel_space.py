@@ -18,16 +18,6 @@ from gpex_gpytorch.explain.principal_components import (
     posterior_mean_weights,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a small shared machine more threads oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 D, N, M = 6, 200, 50
 
 

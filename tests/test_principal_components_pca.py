@@ -15,15 +15,6 @@ from gpex_gpytorch.explain.principal_components import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a small shared machine more threads oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def planted(n: int, f: int, variances: list[float], seed: int = 0, offset: float = 3.0) -> tuple[torch.Tensor, ...]:
     """Rows whose sample covariance is exactly Q diag(variances) Qᵀ (Q: F×r orthonormal)."""
     g = torch.Generator().manual_seed(seed)

@@ -13,17 +13,6 @@ from gpex_gpytorch.datasets import load_digits
 from gpex_gpytorch.models import DigitsCNN, accuracy, cifar_resnet18, fit_classifier, predict_logits
 from gpex_gpytorch.models.cifar_resnet import BasicBlock
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    # The test machine is shared: two OpenMP threads competing with other jobs run many times
-    # slower than one (about 6 s of CPU for the digits training below).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- DigitsCNN
 
 

@@ -125,8 +125,9 @@ def test_sample_mode_is_reproducible(fitted: tuple[Masked, SubmoduleExplainer, l
 
 def test_compare_reports_accuracy(fitted: tuple[Masked, SubmoduleExplainer, list]) -> None:
     model, explainer, loader = fitted
-    result = compare_pipeline(model, "mask", explainer.model_, loader, forward_fn=lambda m, b: m(b[0]),
-                              label_fn=lambda b: b[1])
+    result = compare_pipeline(
+        model, "mask", explainer.model_, loader, forward_fn=lambda m, b: m(b[0]), label_fn=lambda b: b[1]
+    )
     assert result.num_samples == 96 and 0 <= result.agreement <= 1
     assert result.accuracy is not None and result.accuracy_with_gp is not None
     assert result.mean_abs_change > 0
