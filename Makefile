@@ -29,5 +29,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only
 
+# HTML and the usage pages' doctests; -W: any Sphinx warning fails the build (as in CI).
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -W --keep-going -b doctest docs docs/_build/doctest
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .benchmarks
+	rm -rf $(VENV) demo_out .pytest_cache .benchmarks docs/_build

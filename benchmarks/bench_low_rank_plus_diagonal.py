@@ -6,6 +6,9 @@ Tasks, each on the same float32 inputs (``root`` M×64 with entries N(0, 1/64), 
 * ``inv_quad_logdet``: ``inv_quad_logdet(y, logdet=True)`` and backward to ``root`` and σ².
   Also ``autograd``: the same push-through formulas written with torch ops and differentiated by
   autograd, to show what the hand-written backward buys.
+* ``inv_quad_logdet_high_snr``: the same with ``y = 3 root v + σ ε`` (``v``, ``ε`` standard normal),
+  data a GP fits well: ``‖y‖² ≈ 90 σ² yᵀA⁻¹y``, past ours' cancellation limit, so it takes the
+  extra residual (refinement) pass.
 * ``solve``: ``A⁻¹ y`` without gradients.
 * ``log_prob``: ``GaussianLikelihood()(MultivariateNormal(0, prior)).log_prob(y)`` and backward
   (one training step of an exact marginal likelihood); the likelihood's noise is added by
@@ -61,6 +64,7 @@ THREADS = 2  # the development box has 2 cores
 ROUNDS = {1_000: 30, 10_000: 15, 100_000: 7, 1_000_000: 4}
 CASES = {
     "inv_quad_logdet": ("ours", "autograd", "linear_operator"),
+    "inv_quad_logdet_high_snr": ("ours", "linear_operator"),
     "solve": ("ours", "linear_operator"),
     "log_prob": ("ours", "linear_operator"),
     "floor": ("floor",),
@@ -71,7 +75,13 @@ def _inputs(num_rows: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     root = torch.randn(num_rows, D, generator=gen) / math.sqrt(D)
     y = torch.randn(num_rows, generator=gen)
-    return {"root": root.requires_grad_(True), "y": y, "noise": torch.tensor([NOISE], requires_grad=True)}
+    y_high_snr = 3 * root @ torch.randn(D, generator=gen) + math.sqrt(NOISE) * torch.randn(num_rows, generator=gen)
+    return {
+        "root": root.requires_grad_(True),
+        "y": y,
+        "y_high_snr": y_high_snr,
+        "noise": torch.tensor([NOISE], requires_grad=True),
+    }
 
 
 def _theirs(root: torch.Tensor, noise: torch.Tensor) -> LowRankRootAddedDiagLinearOperator:
@@ -114,12 +124,13 @@ def make_case(
             clear()
             _push_through_autograd(root, noise, y).backward()
 
-    elif task == "inv_quad_logdet":
+    elif task in ("inv_quad_logdet", "inv_quad_logdet_high_snr"):
         build = (lambda: LowRankPlusDiagonal(root, noise)) if impl == "ours" else (lambda: _theirs(root, noise))
+        rhs = (y if task == "inv_quad_logdet" else inputs["y_high_snr"]).unsqueeze(-1)
 
         def run() -> object:
             clear()
-            quad, logdet = build().inv_quad_logdet(y.unsqueeze(-1), logdet=True)
+            quad, logdet = build().inv_quad_logdet(rhs, logdet=True)
             (quad + logdet).backward()
 
     elif task == "solve":
@@ -181,7 +192,7 @@ def _peak_in_subprocess(task: str, impl: str, num_rows: int) -> dict[str, float]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-PARAMS = [(task, m) for m in SIZES for task in ("inv_quad_logdet", "solve", "log_prob")]
+PARAMS = [(task, m) for m in SIZES for task in ("inv_quad_logdet", "inv_quad_logdet_high_snr", "solve", "log_prob")]
 
 
 @pytest.mark.parametrize(("task", "num_rows"), PARAMS, ids=[f"{t}-{m}" for t, m in PARAMS])

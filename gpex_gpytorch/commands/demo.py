@@ -46,8 +46,11 @@ def _digits(seed: int) -> tuple[TensorDataset, TensorDataset]:
     return load_digits(seed=seed)
 
 
-def _cnn() -> nn.Module:
-    return DigitsCNN(num_classes=10, width=1024)
+def _cnn(seed: int) -> nn.Module:
+    # Seeded inside a forked RNG state: the same initial weights in every process, the caller's RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DigitsCNN(num_classes=10, width=1024)
 
 
 def _distiller(ann: nn.Module, seed: int, steps: int, progress: bool, out: Path | None = None) -> Distiller:
@@ -65,7 +68,7 @@ def load_demo(out_dir: str | Path) -> tuple[nn.Module, GPEXModel, TensorDataset,
     metrics = json.loads(metrics_path.read_text())
     seed, steps = int(metrics["seed"]), int(metrics["steps"])
     train, test = _digits(seed)
-    ann = _cnn()
+    ann = _cnn(seed)
     ann.load_state_dict(load_checkpoint_weights(out / "ann.pt"))
     ann.eval()
     # Resuming at the final step runs no step: it rebuilds the model from the checkpoint.
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     train, test = _digits(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ann = fit_classifier(_cnn(), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
+    ann = fit_classifier(_cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
     ann.eval()
     torch.save(ann.state_dict(), out / "ann.pt")
     cnn_seconds = time.perf_counter() - start

@@ -44,6 +44,8 @@ def load_torchvision(name: str, root: str | Path, train: bool = True, download: 
     :raises ImportError: if torchvision cannot be imported, with the install command.
     :raises ValueError: if ``name`` is not a torchvision dataset.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a torchvision.datasets class name, got {type(name).__name__}")
     datasets, transforms = _import_torchvision()
     lookup = {attr.lower(): attr for attr in dir(datasets) if inspect.isclass(getattr(datasets, attr))}
     if not isinstance(name, str) or name.lower() not in lookup:

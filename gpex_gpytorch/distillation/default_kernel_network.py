@@ -15,7 +15,12 @@ def default_kernel_network(
 
     The output is ``(N, num_heads * embedding_dim)``, read head-major by :class:`CachedDeepKernel`.
     """
+    for name, value in (("num_heads", num_heads), ("embedding_dim", embedding_dim), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     shape = tuple(int(s) for s in input_shape)
+    if any(s < 1 for s in shape):
+        raise ValueError(f"input_shape: expected positive sizes, got {shape}")
     out = num_heads * embedding_dim
     if len(shape) == 1:
         return nn.Sequential(

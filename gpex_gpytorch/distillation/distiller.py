@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
+from ..utils import NonFiniteError, check_tensor, nonfinite_rows
 from .checkpointing import load_checkpoint, save_checkpoint
 from .dataset_access import dataset_length, iterate_inputs, take_inputs
 from .default_kernel_network import default_kernel_network
@@ -29,6 +31,8 @@ CHECKPOINT_FORMAT = "gpex-distiller-1"
 
 def pearson_per_head(a: Tensor, b: Tensor, tol: float = 1e-12) -> Tensor:
     """Pearson correlation of each column of ``a`` with the same column of ``b``; NaN where ``b`` is constant."""
+    check_tensor("a", a, ndim=2)
+    check_tensor("b", b, shape=tuple(a.shape))
     a, b = a.double() - a.double().mean(0), b.double() - b.double().mean(0)
     denom = a.norm(dim=0) * b.norm(dim=0)
     corr = (a * b).sum(0) / denom.clamp_min(tol)
@@ -92,19 +96,24 @@ class Distiller:
     :param kernel_network: ``f``, mapping inputs to ``(N, L*D)`` or ``(N, L, D)``; by default an
         MLP or small CNN built from the input shape (:func:`default_kernel_network`).
     :param embedding_dim: ``D`` per head.
-    :param noise: :math:`\sigma^2` of the posterior. :param learn_noise: train it too.
-    :param steps: total optimisation steps. :param batch_size: training inputs per step.
+    :param noise: :math:`\sigma^2` of the posterior.
+    :param learn_noise: train it too.
+    :param steps: total optimisation steps.
+    :param batch_size: training inputs per step.
     :param inducing_batch_size: inducing rows recomputed with gradient per step.
     :param refresh_batch_size: inducing rows refreshed without gradient per step (default: as many).
-    :param lr: Adam's learning rate. :param mix: use mixed inputs (on by default, as in the paper).
-    :param ann_noise: :math:`\sigma_g^2`. :param beta: weight of the KL term.
+    :param lr: Adam's learning rate.
+    :param mix: use mixed inputs (on by default, as in the paper).
+    :param ann_noise: :math:`\sigma_g^2`.
+    :param beta: weight of the KL term.
     :param detach_variance: weight the squared error by a detached 1/c (the original code's
         effective loss; on by default: measured on digits, it reaches Pearson 0.999 where the
         full Eq. 5, whose gradient can also inflate c where matching is hard, plateaus at 0.985;
         see ``docs/objective.md``).
     :param recompute_every: recompute ``G`` and ``b`` exactly every this many steps (``None``:
         rely on float64 accumulation; each recompute is :math:`O(M)`).
-    :param eval_every: steps between Pearson / staleness reports. :param eval_size: their batch size.
+    :param eval_every: steps between Pearson / staleness reports.
+    :param eval_size: their batch size.
     :param checkpoint_every: steps between checkpoints to ``checkpoint_path``.
     :param embedding_dtype: storage dtype of the inducing cache (e.g. ``torch.bfloat16``).
     :param device: where the GPs live (default: the device of ``ann``'s parameters).
@@ -375,12 +384,26 @@ class Distiller:
         )
 
     # ------------------------------------------------------------------ the loop
-    def _eval_batch(self, dataset: Dataset, num_train: int, device: torch.device) -> Tensor:
+    def _eval_indices(self, num_train: int) -> tuple[Tensor, Tensor, torch.Generator]:
         # Its own generator: the held-out batch does not depend on (or perturb) the run's draws.
         generator = torch.Generator().manual_seed(self.seed + 1)
         i1 = torch.randint(num_train, (self.eval_size,), generator=generator)
         i2 = torch.randint(num_train, (self.eval_size,), generator=generator)
+        return i1, i2, generator
+
+    def _eval_batch(self, dataset: Dataset, num_train: int, device: torch.device) -> Tensor:
+        i1, i2, generator = self._eval_indices(num_train)
         return mix_inputs(take_inputs(dataset, i1), take_inputs(dataset, i2), generator).to(device)
+
+    def _check_eval_outputs(self, eval_ann: Tensor, num_train: int, step: int) -> None:
+        """Stop at a report step if the network is not finite on the held-out batch (it would give a NaN Pearson)."""
+        bad = nonfinite_rows(eval_ann).cpu()
+        if bad.numel():
+            i1, i2, _ = self._eval_indices(num_train)
+            raise FloatingPointError(
+                f"step {step}: ann produced non-finite outputs on the evaluation batch, for mixes of training "
+                f"indices {i1[bad].tolist()[:10]} with {i2[bad].tolist()[:10]}"
+            )
 
     def _train(
         self, run: _Run, train_dataset: Dataset, inducing_dataset: Dataset, num_train: int, device: torch.device
@@ -416,13 +439,14 @@ class Distiller:
                     f"{i1[bad.cpu()].tolist()}" + (f" mixed with {i2[bad.cpu()].tolist()}" if self.mix else "")
                 )
             fresh = run.fresh_sweep.next(self.inducing_batch_size, run.generator)
-            output = model(x, fresh_indices=fresh, fresh_inputs=take_inputs(inducing_dataset, fresh).to(device))
+            try:
+                output = model(x, fresh_indices=fresh, fresh_inputs=take_inputs(inducing_dataset, fresh).to(device))
+            except NonFiniteError as error:  # the kernel network's embedding of fresh inducing rows
+                raise FloatingPointError(f"step {step}: {error}") from error
             loss = -mll(output, target.to(output.mean.dtype))
             if not bool(torch.isfinite(loss)):
                 raise FloatingPointError(
-                    f"step {step}: non-finite loss; the kernel network's embeddings of training indices "
-                    f"{i1.tolist()[:10]}... or inducing rows {fresh.tolist()[:10]}... are not finite, or the "
-                    "GP variance underflowed (raise noise)"
+                    f"step {step}: non-finite loss; {self._culprits(output, i1, i2 if self.mix else None)}"
                 )
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -430,13 +454,14 @@ class Distiller:
             rows = run.refresh_sweep.next(refresh_size, run.generator)
             try:
                 kernel.refresh(rows, take_inputs(inducing_dataset, rows).to(device))
-            except ValueError as error:
+            except NonFiniteError as error:
                 raise FloatingPointError(f"step {step}: refreshing inducing rows failed: {error}") from error
             if self.recompute_every is not None and step % self.recompute_every == 0:
                 kernel.recompute_statistics()
             run.step = step
             record: dict[str, float] = {"step": float(step), "loss": float(loss.detach())}
             if step % self.eval_every == 0 or step == self.steps:
+                self._check_eval_outputs(eval_ann, num_train, step)
                 record.update(self._evaluate(run, eval_x, eval_ann, inducing_dataset, device))
                 record["seconds"] = time.perf_counter() - start_time
                 bar.set_postfix(
@@ -447,6 +472,18 @@ class Distiller:
             if self.checkpoint_every is not None and step % self.checkpoint_every == 0:
                 self._save(run, kernel.num_inducing, kernel.num_heads)
         bar.close()
+
+    @staticmethod
+    def _culprits(output: MultitaskMultivariateNormal, i1: Tensor, i2: Tensor | None) -> str:
+        """Which training indices made the loss non-finite (their GP mean or variance is NaN/inf)."""
+        with torch.no_grad():
+            bad = nonfinite_rows(torch.stack([output.mean, output.variance]), 1).cpu()
+        if not bad.numel():
+            return "the GP means and variances are finite: a variance underflowed or the KL term is not (raise noise)"
+        shown = f"training indices {i1[bad].tolist()[:10]}"
+        if i2 is not None:
+            shown += f" mixed with {i2[bad].tolist()[:10]}"
+        return f"the kernel network's embeddings (GP mean or variance) are not finite for {shown}"
 
     def _evaluate(
         self, run: _Run, eval_x: Tensor, eval_ann: Tensor, inducing_dataset: Dataset, device: torch.device

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..models.gpex_model import GPEXModel
+from ..utils import check_tensor
 from .dataset_access import dataset_length, take_inputs, take_labels
 from .distiller import pearson_per_head
 
@@ -24,7 +25,8 @@ class FaithfulnessReport:
 
     :ivar pearson_per_head: Pearson correlation of GP mean and network output per head;
         ``None`` for heads on which the network's output is constant (correlation undefined).
-    :ivar pearson_mean: mean over the non-constant heads. :ivar pearson_min: their minimum.
+    :ivar pearson_mean: mean over the non-constant heads.
+    :ivar pearson_min: their minimum.
     :ivar constant_heads: heads excluded from the mean because the network's output is constant.
     :ivar ann_accuracy: the network's accuracy (classifiers with labelled data), else ``None``.
     :ivar gp_accuracy: accuracy of the argmax of the GP means.
@@ -125,6 +127,10 @@ def faithfulness(
 
 def plot_faithfulness(gp_mean: Tensor, ann_output: Tensor, path: str | Path, *, max_heads: int = 16) -> Path:
     """Scatter of GP mean against network output, one panel per head, saved as a PNG."""
+    check_tensor("gp_mean", gp_mean, ndim=2)
+    check_tensor("ann_output", ann_output, shape=tuple(gp_mean.shape))
+    if isinstance(max_heads, bool) or not isinstance(max_heads, int) or max_heads < 1:
+        raise ValueError(f"max_heads: expected an integer >= 1, got {max_heads!r}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -96,6 +96,8 @@ def save_sharded_checkpoint(
     :param keep: how many complete steps to keep on disk.
     :returns: the sub-folder written.
     """
+    if not isinstance(kernel, ShardedCachedDeepKernel):
+        raise TypeError(f"kernel: expected a ShardedCachedDeepKernel, got {type(kernel).__name__}")
     directory = Path(directory)
     folder = directory / f"step-{step:08d}"
     layout, rank, group = kernel.layout, kernel.rank, kernel.process_group
@@ -154,9 +156,13 @@ def load_sharded_checkpoint(
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"checkpoint: no {MANIFEST} in {directory}")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"checkpoint: expected a manifest of format {FORMAT}, got {manifest.get('format')!r}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"checkpoint: {manifest_path} is truncated or corrupted ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"checkpoint: expected a manifest of format {FORMAT}, got {found!r}")
     num_rows = int(manifest["num_inducing"])
     layout = ShardLayout(num_rows, 1) if layout is None else layout
     if layout.num_rows != num_rows:

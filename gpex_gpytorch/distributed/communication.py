@@ -27,6 +27,8 @@ class CommunicationMeter:
     bytes: int = 0
 
     def record(self, tensor: Tensor) -> None:
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
         self.calls += 1
         self.bytes += tensor.numel() * tensor.element_size()
 
@@ -61,6 +63,8 @@ def all_reduce_sum(
 
     :returns: a new tensor (``tensor`` itself is not modified).
     """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"tensor: expected a torch.Tensor, got {type(tensor).__name__}")
     if meter is not None:
         meter.record(tensor)
     try:
@@ -107,6 +111,8 @@ def counting_allreduce_hook(
 
     Use as ``ddp.register_comm_hook(None, counting_allreduce_hook(meter))``.
     """
+    if not isinstance(meter, CommunicationMeter):
+        raise TypeError(f"meter: expected a CommunicationMeter, got {type(meter).__name__}")
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     def hook(state: object, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:

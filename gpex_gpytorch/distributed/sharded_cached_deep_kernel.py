@@ -48,9 +48,11 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
     :param feature_extractor: the kernel network ``f`` (the same initial weights on every rank;
         :meth:`data_parallel` broadcasts rank 0's).
     :param num_inducing: ``M``, the *global* number of inducing instances (at least the world size).
-    :param num_heads: ``H``. :param embedding_dim: ``D``.
+    :param num_heads: ``H``.
+    :param embedding_dim: ``D``.
     :param process_group: the group for the statistics' all-reduces (default: a new group of all ranks).
-    :param embedding_dtype: storage dtype of the shard. :param statistics_dtype: dtype of ``G`` and ``b``.
+    :param embedding_dtype: storage dtype of the shard.
+    :param statistics_dtype: dtype of ``G`` and ``b``.
     :param device: where to allocate the shard (``cuda:<local rank>`` under NCCL).
     :param force_allocation: skip the check that the shard fits in memory.
     """

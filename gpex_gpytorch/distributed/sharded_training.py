@@ -221,6 +221,8 @@ class DistributedDistiller(Distiller):
                 "bytes_sent": float(sum(m.bytes for m in self.communication_.values()) - sent_before),
             }
             if step % self.eval_every == 0 or step == self.steps:
+                # eval_ann is identical on every rank: all raise together, none waits on a collective.
+                self._check_eval_outputs(eval_ann, num_train, step)
                 record.update(self._evaluate_sharded(run, eval_x, eval_ann, inducing_dataset, device))
                 record["seconds"] = time.perf_counter() - start_time
             run.history.append(record)

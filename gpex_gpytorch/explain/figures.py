@@ -77,8 +77,11 @@ def neighbour_grid(
     With ``neighbour_maps`` each neighbour is overlaid with its similarity map; with
     ``test_maps`` a second row shows the test input overlaid with its map against each neighbour.
 
-    :param test_images: ``(N, C, h, w)``. :param neighbour_images: ``(N, K, C, h, w)``.
-    :param similarities: ``(N, K)``. :param test_labels: ``(N,)``. :param neighbour_labels: ``(N, K)``.
+    :param test_images: ``(N, C, h, w)``.
+    :param neighbour_images: ``(N, K, C, h, w)``.
+    :param similarities: ``(N, K)``.
+    :param test_labels: ``(N,)``.
+    :param neighbour_labels: ``(N, K)``.
     :param heads: ``(N,)`` the head explained per row (shown under the test input).
     :param test_maps: ``(N, K, h', w')`` (see :class:`~gpex_gpytorch.explain.SimilarityMaps`).
     :param neighbour_maps: ``(N, K, h', w')``.

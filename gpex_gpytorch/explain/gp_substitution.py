@@ -77,7 +77,8 @@ def substitute_gp(
             logits_with_gp = model(images)
         # here the model is back to its original behaviour, exactly
 
-    :param pipeline: the whole model. :param name: the sub-module's dotted name, or the module.
+    :param pipeline: the whole model.
+    :param name: the sub-module's dotted name, or the module.
     :param model: the GPEX model distilled from the sub-module.
     :param mode: ``"mean"`` or ``"sample"`` (see :func:`gp_replacement`).
     :param generator: the random source of ``"sample"``.

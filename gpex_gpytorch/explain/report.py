@@ -95,6 +95,10 @@ def render_report(
     :param notes: a paragraph of plain text under the title.
     :param extra: any JSON-serialisable details, shown at the end.
     """
+    if not isinstance(faithfulness, FaithfulnessReport):
+        raise TypeError(f"faithfulness: expected a FaithfulnessReport, got {type(faithfulness).__name__}")
+    if uncertainty is not None and not isinstance(uncertainty, UncertaintyReport):
+        raise TypeError(f"uncertainty: expected an UncertaintyReport or None, got {type(uncertainty).__name__}")
     if head_names is not None and len(head_names) != len(faithfulness.pearson_per_head):
         raise ValueError(
             f"head_names: expected {len(faithfulness.pearson_per_head)} names (one per head), got {len(head_names)}"

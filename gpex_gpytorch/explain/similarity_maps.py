@@ -65,7 +65,9 @@ class PooledSpatialKernelNetwork(nn.Module):
     :meth:`spatial_features` exposes the per-position embeddings the maps decompose.
 
     :param backbone: convolutional stage producing ``(N, C, *spatial)``.
-    :param channels: ``C``. :param num_heads: ``H``. :param embedding_dim: ``D``.
+    :param channels: ``C``.
+    :param num_heads: ``H``.
+    :param embedding_dim: ``D``.
     :param head: apply a linear map ``C → H·D`` per position (with bias); ``False`` requires
         ``C == H·D`` and uses the backbone's channels directly.
     """
@@ -73,6 +75,11 @@ class PooledSpatialKernelNetwork(nn.Module):
     def __init__(
         self, backbone: nn.Module, channels: int, num_heads: int, embedding_dim: int, *, head: bool = True
     ) -> None:
+        for name, value in (("channels", channels), ("num_heads", num_heads), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone: expected a torch.nn.Module, got {type(backbone).__name__}")
         super().__init__()
         width = num_heads * embedding_dim
         if not head and channels != width:
@@ -212,5 +219,16 @@ def neighbour_similarity_maps(
         raise ValueError(
             f"inducing_inputs: expected M={model.covar_module.num_inducing} rows, got {inducing_inputs.shape[0]}"
         )
-    gathered = inducing_inputs[neighbours.indices.cpu()]  # shape: (N, K, ...)
+    if not isinstance(neighbours, Neighbours):
+        raise TypeError(f"neighbours: expected a Neighbours (from nearest_neighbours), got {type(neighbours).__name__}")
+    num_inducing = model.covar_module.num_inducing
+    index = neighbours.indices
+    if index.dim() != 2 or index.shape[0] != inputs.shape[0]:
+        raise ValueError(f"neighbours: expected indices of shape (N={inputs.shape[0]}, K), got {tuple(index.shape)}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_inducing):
+        raise ValueError(
+            f"neighbours: expected indices in [0, {num_inducing - 1}], got values in "
+            f"[{int(index.min())}, {int(index.max())}]"
+        )
+    gathered = inducing_inputs[index.cpu()]  # shape: (N, K, ...)
     return similarity_maps(model, inputs, gathered, neighbours.heads)

@@ -110,7 +110,8 @@ def run_pipeline(pipeline: nn.Module, batch: Any, forward_fn: ForwardFn | None =
 def flatten_heads(output: Any, where: str) -> Tensor:
     """A sub-module output ``(N, ...)`` as ``(N, heads)``, row-major; ``(N,)`` becomes ``(N, 1)``.
 
-    :raises TypeError: if ``output`` is not a tensor. :raises ValueError: for a 0-d tensor.
+    :raises TypeError: if ``output`` is not a tensor.
+    :raises ValueError: for a 0-d tensor.
     """
     if not isinstance(output, Tensor):
         raise TypeError(
@@ -149,6 +150,9 @@ class CapturedActivations:
 
     def unflatten(self, heads: Tensor) -> Tensor:
         """``(N, heads)`` back to the sub-module's output shape ``(N, *output_shape)``."""
+        if not isinstance(heads, Tensor) or heads.dim() != 2 or heads.shape[1] != self.num_heads:
+            got = tuple(heads.shape) if isinstance(heads, Tensor) else type(heads).__name__
+            raise ValueError(f"heads: expected shape (*, {self.num_heads}), got {got}")
         return heads.reshape(heads.shape[0], *self.output_shape)
 
 

@@ -33,6 +33,8 @@ class FlattenedOutput(nn.Module):
     """
 
     def __init__(self, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
         super().__init__()
         self.module = module
 

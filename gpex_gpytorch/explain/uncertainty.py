@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from ..distillation import predict_gp_and_ann
 from ..models.gpex_model import GPEXModel
+from ..utils import check_tensor
 
 __all__ = ["UncertaintyReport", "misclassification_auroc", "posterior_variance", "variance_auroc"]
 
@@ -17,6 +18,9 @@ __all__ = ["UncertaintyReport", "misclassification_auroc", "posterior_variance",
 @torch.no_grad()
 def posterior_variance(model: GPEXModel, inputs: Tensor, batch_size: int = 512) -> Tensor:
     """The posterior variance of every head at every input, ``(N, H)`` (batched, no gradient)."""
+    check_tensor("inputs", inputs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     device = model.covar_module.embeddings.device
     parts = [model.predict(chunk.to(device))[1].cpu() for chunk in inputs.split(batch_size)]
     return torch.cat(parts)
@@ -30,6 +34,8 @@ def variance_auroc(scores: Tensor, errors: Tensor) -> float | None:
     """
     from sklearn.metrics import roc_auc_score
 
+    check_tensor("scores", scores, finite=True)
+    check_tensor("errors", errors)
     errors = errors.bool().flatten()
     if scores.flatten().shape != errors.shape:
         raise ValueError(f"scores: expected shape {tuple(errors.shape)}, got {tuple(scores.shape)}")
@@ -44,10 +50,12 @@ class UncertaintyReport:
 
     :ivar auroc: AUROC of the variance of the network's predicted head for misclassification
         (``None`` when the network makes no error, or only errors, on the data).
-    :ivar num_errors: misclassified examples. :ivar num_samples: examples evaluated.
+    :ivar num_errors: misclassified examples.
+    :ivar num_samples: examples evaluated.
     :ivar mean_variance_errors: mean score on the misclassified examples (``None`` if none).
     :ivar mean_variance_correct: mean score on the correct ones (``None`` if none).
-    :ivar variance: ``(N,)`` the score of each example. :ivar errors: ``(N,)`` whether misclassified.
+    :ivar variance: ``(N,)`` the score of each example.
+    :ivar errors: ``(N,)`` whether misclassified.
     :ivar heads: ``(N,)`` the network's predicted head (class) per example.
     """
 

@@ -11,7 +11,7 @@ from linear_operator.operators import LinearOperator, LowRankRootLinearOperator,
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..utils import check_allocation, check_finite, check_index_tensor, check_tensor
+from ..utils import check_allocation, check_finite_rows, check_index_tensor, check_tensor
 
 __all__ = ["CachedDeepKernel", "InducingStatistics"]
 
@@ -119,10 +119,12 @@ class CachedDeepKernel(Kernel):
     # ------------------------------------------------------------------ properties
     @property
     def has_inducing_values(self) -> bool:
+        """Whether :meth:`set_inducing_values` has been called (``b`` and ``VᵀV`` are then maintained)."""
         return bool(self.values_set)
 
     @property
     def statistics_dtype(self) -> torch.dtype:
+        """dtype of the statistics ``G``, ``b`` and ``VᵀV``."""
         return self.gram.dtype
 
     @property
@@ -132,7 +134,14 @@ class CachedDeepKernel(Kernel):
     # ------------------------------------------------------------------ embeddings
     def embed(self, x: Tensor) -> Tensor:
         """Embed a batch with gradient: ``(H, N, D)``."""
-        features = self.feature_extractor(x)
+        self._check_device("x", x)
+        try:
+            features = self.feature_extractor(x)
+        except (RuntimeError, TypeError, ValueError) as error:
+            # The network's own error (e.g. a shape mismatch) does not say which call fed it what.
+            received = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            error.add_note(f"CachedDeepKernel.embed: feature_extractor failed on x ({received})")
+            raise
         if not isinstance(features, Tensor):
             raise TypeError(f"feature_extractor: expected a tensor output, got {type(features).__name__}")
         n, h, d = features.shape[0] if features.dim() else 0, self.num_heads, self.embedding_dim
@@ -146,11 +155,20 @@ class CachedDeepKernel(Kernel):
         # shape: (H, N, D)
         return features.transpose(0, 1)
 
-    def _embed_checked(self, inputs: Tensor, expected_rows: int, name: str) -> Tensor:
+    def _check_device(self, name: str, x: object) -> None:
+        if isinstance(x, Tensor) and x.device != self.embeddings.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {self.embeddings.device} (the inducing cache's device), "
+                f"got one on {x.device}"
+            )
+
+    def _embed_checked(self, inputs: Tensor, expected_rows: int, name: str, rows: Tensor | None = None) -> Tensor:
+        self._check_device(name, inputs)
         new = self.embed(inputs)
         if new.shape[1] != expected_rows:
             raise ValueError(f"{name}: expected {expected_rows} rows (one per index), got {new.shape[1]}")
-        check_finite(f"{name} (embeddings from feature_extractor)", new)
+        # Name the inducing rows (not positions in the (H, b, D) block) whose embedding is bad.
+        check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
         return new
 
     # ------------------------------------------------------------------ the cache
@@ -173,7 +191,7 @@ class CachedDeepKernel(Kernel):
         :param inputs: the inducing inputs of those rows, in the same order.
         """
         idx = check_index_tensor("indices", indices, self.num_inducing).to(self.embeddings.device)
-        new = self._embed_checked(inputs, idx.numel(), "inputs")
+        new = self._embed_checked(inputs, idx.numel(), "inputs", idx)
         self._write_rows(idx, new)
 
     def _write_rows(self, idx: Tensor, new: Tensor) -> None:
@@ -202,11 +220,15 @@ class CachedDeepKernel(Kernel):
             index order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         if isinstance(inputs, Tensor):
-            if inputs.shape[0] != self.num_inducing:
+            if inputs.dim() == 0 or inputs.shape[0] != self.num_inducing:
                 raise ValueError(
-                    f"inputs: expected {self.num_inducing} inducing inputs (num_inducing), got {inputs.shape[0]}"
+                    f"inputs: expected {self.num_inducing} inducing inputs (num_inducing) along dimension 0, "
+                    f"got shape {tuple(inputs.shape)}"
                 )
+            self._check_device("inputs", inputs)
             batches: Iterable[Tensor] = inputs.split(batch_size)
             total: int | None = -(-self.num_inducing // batch_size)
         else:
@@ -214,11 +236,15 @@ class CachedDeepKernel(Kernel):
         start = 0
         try:
             for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
+                self._check_device(f"inputs[{start}:]", batch)
                 new = self.embed(batch)
                 stop = start + new.shape[1]
                 if stop > self.num_inducing:
                     raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
-                check_finite(f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new)
+                rows = torch.arange(start, stop)
+                check_finite_rows(
+                    f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new, 1, rows, "inducing rows"
+                )
                 self.embeddings[:, start:stop] = new.to(self.embeddings.dtype)
                 start = stop
             if start != self.num_inducing:
@@ -230,6 +256,8 @@ class CachedDeepKernel(Kernel):
     @torch.no_grad()
     def recompute_statistics(self, batch_size: int = 16384) -> None:
         """Recompute ``G = UᵀU``, ``b = UᵀV`` and ``VᵀV`` exactly from the cache (:math:`O(MHD^2)`)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         gram, cross = self._exact_statistics(batch_size)
         self.gram.copy_(gram)
         if cross is not None:
@@ -259,7 +287,7 @@ class CachedDeepKernel(Kernel):
     def staleness(self, indices: Tensor, inputs: Tensor) -> float:
         r"""How stale the cache is on a sample: :math:`\|U_{cache} - f(\tilde x)\|_F / \|f(\tilde x)\|_F`."""
         idx = check_index_tensor("indices", indices, self.num_inducing, unique=False).to(self.embeddings.device)
-        current = self._embed_checked(inputs, idx.numel(), "inputs")
+        current = self._embed_checked(inputs, idx.numel(), "inputs", idx)
         cached = self.embeddings[:, idx].to(current.dtype)
         return float(torch.linalg.vector_norm(cached - current) / torch.linalg.vector_norm(current).clamp_min(1e-30))
 
@@ -276,9 +304,12 @@ class CachedDeepKernel(Kernel):
         if fresh_indices is None:
             return InducingStatistics(self.gram, cross)
         idx = check_index_tensor("fresh_indices", fresh_indices, self.num_inducing).to(self.embeddings.device)
+        self._check_device("fresh_inputs", fresh_inputs)
         fresh = self.embed(fresh_inputs)
         if fresh.shape[1] != idx.numel():
             raise ValueError(f"fresh_inputs: expected {idx.numel()} rows (one per fresh index), got {fresh.shape[1]}")
+        # A NaN here would surface later as a failed Cholesky of G; name the rows instead.
+        check_finite_rows("fresh_inputs (embeddings from feature_extractor)", fresh.detach(), 1, idx, "inducing rows")
         fresh = fresh.to(self.statistics_dtype)  # shape: (H, b, D)
         old = self.embeddings[:, idx].to(self.statistics_dtype)  # shape: (H, b, D)
         gram = self.gram - old.mT @ old + fresh.mT @ fresh

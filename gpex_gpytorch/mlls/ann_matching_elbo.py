@@ -12,6 +12,7 @@ from gpytorch.models import ApproximateGP
 from torch import Tensor
 
 from ..utils import check_finite, check_tensor
+from ..utils.validation import broadcasts_to
 
 __all__ = ["ANNMatchingELBO"]
 
@@ -81,11 +82,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             raise TypeError(f"output: expected a gpytorch MultivariateNormal, got {type(approximate_dist_f).__name__}")
         check_tensor("ann_output", target, floating=True)
         mean_shape = approximate_dist_f.mean.shape
-        try:
-            broadcast_ok = torch.broadcast_shapes(target.shape, mean_shape) == mean_shape
-        except RuntimeError:
-            broadcast_ok = False
-        if not broadcast_ok:
+        if not broadcasts_to(target.shape, mean_shape):
             raise ValueError(
                 f"ann_output: expected a shape broadcastable to the output's mean {tuple(mean_shape)}, "
                 f"got {tuple(target.shape)}"

@@ -49,6 +49,8 @@ class ANNMatchingLoss(nn.Module):
     """Module form of :func:`ann_matching_loss`; ``loss(gp_output, ann_output)``."""
 
     def __init__(self, *, detach_gp: bool = True, reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
         super().__init__()
         self.detach_gp = detach_gp
         self.reduction = reduction

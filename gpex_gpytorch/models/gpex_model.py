@@ -8,6 +8,7 @@ from gpytorch.models import ApproximateGP
 from torch import Tensor
 
 from ..kernels import CachedDeepKernel
+from ..utils import check_finite, check_tensor
 from ..variational import GPEXVariationalDistribution, GPEXVariationalStrategy
 
 __all__ = ["GPEXModel"]
@@ -57,10 +58,12 @@ class GPEXModel(ApproximateGP):
 
     @property
     def noise(self) -> Tensor:
+        """:math:`\\sigma^2` of the posterior, shape ``()`` or ``(H,)`` (the variational strategy's)."""
         return self.variational_strategy.noise
 
     @property
     def num_heads(self) -> int:
+        """``H``, the number of GP heads."""
         return self.covar_module.num_heads
 
     def forward(self, x: Tensor) -> MultitaskMultivariateNormal:
@@ -87,6 +90,9 @@ class GPEXModel(ApproximateGP):
     @torch.no_grad()
     def predict(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and variance, each ``(N, H)``, without gradient (eval-mode cache used)."""
+        check_tensor("inputs", inputs, device=self.covar_module.embeddings.device)
+        if inputs.is_floating_point():
+            check_finite("inputs", inputs)  # a NaN input would come back as a silent NaN prediction
         was_training = self.training
         self.eval()
         try:

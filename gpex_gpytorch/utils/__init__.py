@@ -1,16 +1,37 @@
-"""Small shared helpers: argument validation, memory estimates, sub-module lookup."""
+"""Small shared helpers: argument validation, memory estimates, sub-module lookup, precision checks."""
 
 from .memory import available_memory_bytes, check_allocation
 from .modules import resolve_submodule, suggest_names
-from .validation import check_finite, check_index_tensor, check_positive, check_tensor
+from .numerics import (
+    NumericalPrecisionWarning,
+    check_precision,
+    condition_bound,
+    relative_error_bound,
+)
+from .validation import (
+    NonFiniteError,
+    check_finite,
+    check_finite_rows,
+    check_index_tensor,
+    check_positive,
+    check_tensor,
+    nonfinite_rows,
+)
 
 __all__ = [
+    "NonFiniteError",
+    "NumericalPrecisionWarning",
     "available_memory_bytes",
     "check_allocation",
     "check_finite",
+    "check_finite_rows",
     "check_index_tensor",
     "check_positive",
+    "check_precision",
     "check_tensor",
+    "condition_bound",
+    "nonfinite_rows",
+    "relative_error_bound",
     "resolve_submodule",
     "suggest_names",
 ]

@@ -12,7 +12,10 @@ def available_memory_bytes(device: torch.device | str | None = None) -> int | No
 
     CPU: ``MemAvailable`` from ``/proc/meminfo`` (Linux). CUDA: ``torch.cuda.mem_get_info``.
     """
-    device = torch.device("cpu" if device is None else device)
+    try:
+        device = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)

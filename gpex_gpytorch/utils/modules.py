@@ -10,6 +10,10 @@ from torch import nn
 
 def suggest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
     """Close matches of ``name`` among ``candidates`` (spelling first, then shared prefixes)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a string, got {type(name).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
     pool = [c for c in candidates if c]
     close = difflib.get_close_matches(name, pool, n=limit, cutoff=0.5)
     for candidate in pool:

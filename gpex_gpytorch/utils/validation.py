@@ -12,8 +12,18 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteError(ValueError, FloatingPointError):
+    """A tensor holds NaN or inf.
+
+    A :class:`ValueError` (bad input to the function that checked it) and a
+    :class:`FloatingPointError` (what a training loop reports), so a loop can catch exactly the
+    non-finite case and add its step number.
+    """
+
+
 def _shape_str(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+    inner = ", ".join("*" if s is None else str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def check_tensor(
@@ -61,19 +71,63 @@ def check_tensor(
     return value
 
 
+def _check_has_data(name: str, value: Tensor) -> None:
+    # Meta tensors have no values to read: say so instead of failing inside Tensor.item().
+    if value.is_meta:
+        raise ValueError(f"{name}: expected a tensor with data (cpu or cuda), got one on the meta device")
+
+
 def check_finite(name: str, value: Tensor) -> Tensor:
-    """Raise ``ValueError`` naming ``name`` and the first bad positions if ``value`` has NaN or inf."""
+    """Raise :class:`NonFiniteError` naming ``name`` and the first bad positions if ``value`` has NaN or inf."""
+    _check_has_data(name, value)
     bad = ~torch.isfinite(value)
     if bool(bad.any()):
         positions = bad.nonzero()[:5].tolist()
-        raise ValueError(
+        raise NonFiniteError(
             f"{name}: expected finite values, found {int(bad.sum())} non-finite entries (first at indices {positions})"
         )
     return value
 
 
+def nonfinite_rows(value: Tensor, dim: int = 0) -> Tensor:
+    """Positions along ``dim`` of the slices of ``value`` that hold a NaN or inf (a 1-D ``int64`` tensor)."""
+    check_tensor("value", value)
+    if not -value.dim() <= dim < max(value.dim(), 1):
+        raise ValueError(f"dim: expected a dimension of a {value.dim()}-d tensor, got {dim}")
+    finite = torch.isfinite(value).movedim(dim, 0)
+    if finite.dim() > 1:
+        finite = finite.flatten(1).all(1)
+    return (~finite).nonzero().flatten()
+
+
+def check_finite_rows(name: str, value: Tensor, dim: int, labels: Tensor | None = None, what: str = "rows") -> Tensor:
+    """Raise :class:`NonFiniteError` listing the rows (slices along ``dim``) of ``value`` with NaN or inf.
+
+    :param labels: what to call each slice in the message (e.g. dataset or inducing indices), one per slice;
+        default: the positions themselves.
+    :param what: how the message names the slices (``"inducing rows"``, ``"training indices"``).
+    """
+    _check_has_data(name, value)
+    bad = nonfinite_rows(value, dim)
+    if bad.numel():
+        shown = (bad if labels is None else labels.reshape(-1)[bad.to(labels.device)]).tolist()
+        more = f" (first 10 of {bad.numel()})" if bad.numel() > 10 else ""
+        raise NonFiniteError(f"{name}: expected finite values, got NaN or inf for {what} {shown[:10]}{more}")
+    return value
+
+
+def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (without growing it)."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def check_positive(name: str, value: float | Tensor) -> None:
     """Raise ``ValueError`` unless every entry of ``value`` is finite and strictly positive."""
+    if isinstance(value, Tensor):
+        _check_has_data(name, value)
     tensor = torch.as_tensor(value)
     if not bool(torch.isfinite(tensor).all()) or not bool((tensor > 0).all()):
         shown = tensor.item() if tensor.numel() == 1 else tensor.tolist()
@@ -94,6 +148,7 @@ def check_index_tensor(name: str, value: object, size: int, *, unique: bool = Tr
         raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
     if value.numel() == 0:
         raise ValueError(f"{name}: expected at least one index, got an empty tensor")
+    _check_has_data(name, value)
     low, high = int(value.min()), int(value.max())
     if low < 0 or high >= size:
         raise ValueError(f"{name}: expected indices in [0, {size - 1}], got values in [{low}, {high}]")

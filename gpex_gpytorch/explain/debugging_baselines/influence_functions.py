@@ -42,7 +42,9 @@ def lissa_inverse_hvp(
 
     :param hvp: maps a batch ``(B, *P)`` of vectors to their Hessian-vector products (same shape).
     :param vectors: ``(B, *P)`` right-hand sides.
-    :param damping: :math:`\\lambda \\ge 0`. :param scale: :math:`s > 0`. :param steps: recursion depth.
+    :param damping: :math:`\\lambda \\ge 0`.
+    :param scale: :math:`s > 0`.
+    :param steps: recursion depth.
     """
     check_tensor("vectors", vectors, floating=True, finite=True)
     if not damping >= 0:
@@ -65,6 +67,8 @@ def last_layer_hvp(features: Tensor, probabilities: Tensor) -> Callable[[Tensor]
     :returns: a map from ``(B, C, d)`` to ``(B, C, d)``:
         :math:`V \\mapsto \\frac1n \\sum_i (\\mathrm{diag}(p_i) - p_i p_i^\\top) V f_i f_i^\\top`.
     """
+    check_tensor("features", features, ndim=2, floating=True, finite=True)
+    check_tensor("probabilities", probabilities, shape=(features.shape[0], None), floating=True, finite=True)
     n = features.shape[0]
     p = probabilities.T.unsqueeze(0)  # shape: (1, C, n)
 
@@ -80,6 +84,10 @@ def power_iteration(
     hvp: Callable[[Tensor], Tensor], shape: tuple[int, ...], *, steps: int = 30, seed: int = 0
 ) -> float:
     """The largest eigenvalue of a PSD operator given by ``hvp``, by power iteration (used to pick ``scale``)."""
+    if not callable(hvp):
+        raise TypeError(f"hvp: expected a callable, got {type(hvp).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     generator = torch.Generator().manual_seed(seed)
     v = torch.randn((1, *shape), generator=generator, dtype=torch.float64)
     value = 0.0
@@ -99,7 +107,9 @@ class InfluenceScores:
     :ivar scores: ``(T, n)`` :math:`\\mathcal I(i, t)`; positive = up-weighting ``i`` raises the test
         loss (a harmful instance — for a misclassified test instance, a likely flipped label).
     :ivar backend: which implementation ran.
-    :ivar scale: the LiSSA scale used. :ivar steps: its depth. :ivar damping: its damping.
+    :ivar scale: the LiSSA scale used.
+    :ivar steps: its depth.
+    :ivar damping: its damping.
     """
 
     scores: Tensor
@@ -126,9 +136,12 @@ def influence_scores(
 
     :param train_features: ``(n, d)`` penultimate activations of the training set.
     :param train_labels: ``(n,)`` the labels the model was trained on.
-    :param weight: ``(C, d)`` the trained last layer; :param bias: ``(C,)`` or ``None``.
-    :param test_features: ``(T, d)``; :param test_labels: ``(T,)`` their (trusted) labels.
-    :param damping: :math:`\\lambda`; :param steps: LiSSA depth.
+    :param weight: ``(C, d)`` the trained last layer.
+    :param bias: ``(C,)`` or ``None``.
+    :param test_features: ``(T, d)``.
+    :param test_labels: ``(T,)`` their (trusted) labels.
+    :param damping: :math:`\\lambda`.
+    :param steps: LiSSA depth.
     :param scale: LiSSA's :math:`s`; default ``1.1 × (λ_max(H) + λ)`` from power iteration.
     :raises ValueError: for empty or mismatched inputs.
     """

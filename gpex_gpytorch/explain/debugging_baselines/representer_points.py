@@ -110,7 +110,8 @@ def fit_representer_points(
     :param bias: ``(C,)`` its bias (default: zeros).
     :param num_classes: ``C`` when no ``weight`` is given (default: ``labels.max() + 1``).
     :param lam: :math:`\\lambda > 0`.
-    :param max_iter: L-BFGS iterations. :param tolerance: stop when the gradient's max-norm is below.
+    :param max_iter: L-BFGS iterations.
+    :param tolerance: stop when the gradient's max-norm is below.
     :raises ValueError: for empty or mismatched inputs, a non-positive ``lam``.
     """
     _check_features_labels(features, labels)

@@ -43,7 +43,8 @@ class Checkpoint:
 
     :ivar train_features: ``(n, d)`` penultimate activations of the training set at this checkpoint.
     :ivar test_features: ``(T, d)`` those of the test instances.
-    :ivar weight: ``(C, d)`` the last layer. :ivar bias: ``(C,)`` or ``None``.
+    :ivar weight: ``(C, d)`` the last layer.
+    :ivar bias: ``(C,)`` or ``None``.
     :ivar learning_rate: :math:`\\eta_k`.
     """
 

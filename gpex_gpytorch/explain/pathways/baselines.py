@@ -31,6 +31,10 @@ ActivationReduce = Literal["mean_relu", "mean_abs", "mean"]
 
 def matched_counts(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Number of kept channels ``(N,)`` (int64) of each instance in each layer of binary ``masks``."""
+    for name, mask in masks.items():
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"masks[{name!r}]: expected shape (N, C), got {got}")
     return {n: (m > 0.5).sum(dim=1).long() for n, m in masks.items()}
 
 
@@ -63,6 +67,11 @@ def random_scores(channels: Mapping[str, int], n: int, *, seed: int = 0) -> dict
 
     With :func:`top_k_masks` they give uniformly random masks of a given size.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    for name, c in channels.items():
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"channels[{name!r}]: expected an integer >= 1, got {c!r}")
     rng = torch.Generator().manual_seed(seed)
     return {name: torch.rand(n, c, generator=rng) for name, c in channels.items()}
 

@@ -259,6 +259,7 @@ class PathwayExplainer:
         :param condition_on_prediction: feed the full network's class probabilities (its output,
             the deepest "feature map") to the generator; requires ``(B, K)`` logits as output.
         """
+        resolve_layers(target, mask_layers, argument="mask_layers")  # errors name the caller's argument
         mask_layers = list(mask_layers)
         read_layers = list(read_layers) if read_layers is not None else list(mask_layers)
         channels = layer_channels(target, mask_layers)

@@ -126,6 +126,8 @@ def class_iou(masks: Mapping[str, Tensor] | Tensor, classes: Tensor) -> ClassIoU
 
 def masked_logits(model: nn.Module, x: Tensor, masks: Mapping[str, Tensor], *, batch_size: int = 512) -> Tensor:
     """Logits of ``model`` on ``x`` with per-instance ``masks`` ``{layer: (N, C)}``, in chunks, without gradients."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     out: list[Tensor] = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
@@ -273,9 +275,17 @@ def transfer_faithfulness(
         pathway of the next class ``(y + 1) mod K`` as a control (``*_other_class``), and
         ``density`` (mean kept fraction of the pathways used).
     """
+    if not pathways:
+        raise ValueError("pathways: expected at least one layer")
+    for name, pathway in pathways.items():
+        if not isinstance(pathway, Tensor) or pathway.dim() != 2:
+            got = tuple(pathway.shape) if isinstance(pathway, Tensor) else type(pathway).__name__
+            raise ValueError(f"pathways[{name!r}]: expected shape (K, C), one row per class, got {got}")
     full = _full_logits(model, x) if full_logits is None else full_logits
     predicted = full.argmax(dim=1)
     num_classes = next(iter(pathways.values())).shape[0]
+    if int(predicted.max()) >= num_classes:
+        raise ValueError(f"pathways: expected a row per class, got {num_classes} rows for {full.shape[1]} classes")
     own = {n: p[predicted] for n, p in pathways.items()}
     other = {n: p[(predicted + 1) % num_classes] for n, p in pathways.items()}
     agreement, ratio = _scores(masked_logits(model, x, own), full)

@@ -196,6 +196,19 @@ class PathwayObjective:
     relevance: RelevanceKind = "contrastive"
     relevance_temperature: float = 0.2
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the first training step.
+        if self.relevance not in ("contrastive", "prototype", "none"):
+            raise ValueError(f"relevance: expected 'contrastive', 'prototype' or 'none', got {self.relevance!r}")
+        if self.gate not in ("confidence", "agreement", "none"):
+            raise ValueError(f"gate: expected 'confidence', 'agreement' or 'none', got {self.gate!r}")
+        for name in ("kd_temperature", "relevance_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: expected a value > 0, got {getattr(self, name)}")
+        for name in ("sparsity_weight", "relevance_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected a value >= 0, got {getattr(self, name)}")
+
     def __call__(
         self,
         masks: Mapping[str, Tensor],

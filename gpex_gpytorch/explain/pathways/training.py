@@ -75,6 +75,8 @@ class PathwayTrainingConfig:
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode with ``requires_grad=False`` on every parameter; restore both on exit."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:

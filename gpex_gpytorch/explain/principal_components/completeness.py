@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ...utils import check_tensor
 from ._checks import check_choice, check_count, check_fraction
 from ._data import Data, iter_batches
 from .activation_capture import LayerRewriter
@@ -117,6 +118,9 @@ def ablate(rows: Tensor, mean: Tensor, directions: Tensor) -> Tensor:
     Computed in float64 and returned in ``rows``' dtype. ``directions`` (``(k, F)``) must be
     orthonormal rows; ``k = 0`` returns ``rows`` unchanged (bit for bit).
     """
+    check_tensor("rows", rows, ndim=2)
+    check_tensor("mean", mean, shape=(rows.shape[1],))
+    check_tensor("directions", directions, shape=(None, rows.shape[1]))
     if directions.shape[0] == 0:
         return rows
     x = rows.to(torch.float64)
@@ -182,6 +186,8 @@ def ablated(model: nn.Module, layer_pca: LayerPCA, ablation: Ablation | Callable
 
     The hook is removed on exit, also when the block raises.
     """
+    if not isinstance(layer_pca, LayerPCA):
+        raise TypeError(f"layer_pca: expected a LayerPCA (from fit_layer_pca), got {type(layer_pca).__name__}")
     rewriter = LayerRewriter(
         model,
         layer_pca.layer,
@@ -196,6 +202,8 @@ def ablated(model: nn.Module, layer_pca: LayerPCA, ablation: Ablation | Callable
 # ---------------------------------------------------------------------------- completeness 2
 def accuracy_metric(outputs: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy of logits ``(N, C)`` against integer labels ``(N,)``."""
+    check_tensor("outputs", outputs, ndim=2)
+    check_tensor("labels", labels, shape=(outputs.shape[0],))
     return float((outputs.argmax(-1) == labels).double().mean())
 
 

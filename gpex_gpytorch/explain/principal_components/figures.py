@@ -36,6 +36,10 @@ def plot_completeness(
     :param baseline: the unablated accuracy, drawn as a dashed line.
     :returns: the path written.
     """
+    if not isinstance(variance, VarianceCompleteness):
+        raise TypeError(f"variance: expected a VarianceCompleteness, got {type(variance).__name__}")
+    if not isinstance(curves, Mapping) or not all(isinstance(c, AblationCurve) for c in curves.values()):
+        raise TypeError(f"curves: expected a mapping of name to AblationCurve, got {type(curves).__name__}")
     fig = Figure(figsize=(10.0, 3.8))
     left, right = fig.subplots(1, 2)
     k_pc = range(1, len(variance.pc) + 1)

@@ -68,6 +68,8 @@ def _model_device(model: nn.Module) -> torch.device:
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
     model.eval()
     try:
@@ -177,6 +179,7 @@ def collect_layer_activations(
 
     Same arguments as :func:`fit_layer_pca`; memory is ``N·r·F`` values of ``dtype``.
     """
+    check_count("batch_size", batch_size)
     device = _model_device(model) if device is None else torch.device(device)
     rows: list[Tensor] = []
     labels: list[Tensor] = []

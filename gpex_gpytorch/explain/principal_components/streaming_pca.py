@@ -98,6 +98,9 @@ def symmetric_eigh(matrix: Tensor, threads: int | None = 1) -> tuple[Tensor, Ten
     sizes met here. ``threads=None`` leaves torch's setting alone; GPU tensors are unaffected.
     The previous thread count is restored afterwards.
     """
+    if not isinstance(matrix, Tensor) or matrix.dim() < 2 or matrix.shape[-1] != matrix.shape[-2]:
+        got = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        raise ValueError(f"matrix: expected a square (F, F) tensor, got {got}")
     if threads is None or matrix.device.type != "cpu":
         return torch.linalg.eigh(matrix)
     check_count("threads", threads)
