@@ -466,6 +466,28 @@ ROWS: list[Row] = [
         ValueError, rf"heads: expected shape \({M},\), got \(2,\)"),
     Row(ex.nearest_neighbours, "inputs on meta", lambda fx: ex.nearest_neighbours(fx.model, fx.x.to("meta"), k=2),
         ValueError, r"inputs: expected a tensor on cpu, got one on meta"),
+    Row(ex.nearest_neighbours, "unknown metric", lambda fx: ex.nearest_neighbours(fx.model, fx.x, k=2, metric="cos"),
+        ValueError, r"metric: expected one of 'correlation', 'distance', 'kernel', 'contribution', got 'cos'"),
+    Row(ex.nearest_neighbours, "negative chunk_size",
+        lambda fx: ex.nearest_neighbours(fx.model, fx.x, k=2, chunk_size=-1),
+        ValueError, r"chunk_size: expected an integer >= 1, got -1"),
+    Row(ex.nearest_neighbours, "float chunk_size",
+        lambda fx: ex.nearest_neighbours(fx.model, fx.x, k=2, chunk_size=1.5),
+        ValueError, r"chunk_size: expected an integer >= 1, got 1.5"),
+    Row(ex.nearest_neighbours, "float head indices",
+        lambda fx: ex.nearest_neighbours(fx.model, fx.x, k=2, heads=torch.zeros(len(fx.x))),
+        TypeError, r"heads: expected an integer tensor of head indices, got dtype torch.float32"),
+    Row(ex.posterior_contributions, "k > M", lambda fx: ex.posterior_contributions(fx.model, fx.x, k=M + 1),
+        ValueError, rf"k: expected an integer in \[1, M={M}\], got {M + 1}"),
+    Row(ex.Contributions, "via posterior_contributions: query_batch_size=0",
+        lambda fx: ex.posterior_contributions(fx.model, fx.x, query_batch_size=0),
+        ValueError, r"query_batch_size: expected an integer >= 1, got 0"),
+    Row(ex.check_cache_fresh, "inducing_inputs rows", lambda fx: ex.check_cache_fresh(fx.model, fx.x[:3]),
+        ValueError, rf"inducing_inputs: expected the M={M} inducing inputs along dimension 0, got shape \(3, "),
+    Row(ex.hubness, "1-D indices", lambda fx: ex.hubness(torch.zeros(3, dtype=torch.long)),
+        ValueError, r"indices: expected a tensor with 2 dimensions, got shape \(3,\)"),
+    Row(ex.Hubness, "via hubness: empty", lambda fx: ex.hubness(torch.zeros(0, 3, dtype=torch.long)),
+        ValueError, r"indices: expected a non-empty \(N, k\) matrix, got shape \(0, 3\)"),
     Row(ex.Neighbours, "consumer: indices past M", lambda fx: ex.neighbour_similarity_maps(
         fx.spatial_model, fx.images[:2], fx.images, ex.Neighbours(torch.full((2, 2), M), *_neighbour_fields(fx))),
         ValueError, rf"neighbours: expected indices in \[0, {M - 1}\]"),
@@ -873,9 +895,9 @@ ROWS: list[Row] = [
 # fmt: on
 
 
-def _neighbour_fields(fx: Fx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _neighbour_fields(fx: Fx) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     n = fx.neighbours
-    return n.similarities, n.heads, n.mean, n.variance
+    return n.similarities, n.kernel_values, n.heads, n.mean, n.variance
 
 
 def _idx_file(folder: Path) -> Path:

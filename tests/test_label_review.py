@@ -65,28 +65,40 @@ def test_label_review_follows_protocol_on_hand_built_case() -> None:
     test = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 0.9]])
     labels = torch.tensor([1, 1, 0])
     predictions = torch.tensor([0, 1, 1])  # test 1 is right, tests 0 and 2 are wrong
-    ranking = label_review(model, test, labels, predictions=predictions)
+    ranking = label_review(model, test, labels, predictions=predictions, metric="kernel")
     # Test 0 ranks 0, 2, 3, 1; test 2 ranks 1, 3, 2, 0: they alternate over unshown instances.
     assert ranking.indices.tolist() == [0, 1, 2, 3]
     assert ranking.sources.tolist() == [0, 2, 0, 2]
     torch.testing.assert_close(ranking.scores, torch.tensor([1.0, 0.9, 0.8, 0.74], dtype=ranking.scores.dtype))
+    # The default ranks by cosine: the same order here, with scores 1, 0.9/|t2|, 0.8/|x2|, 0.74/(|t2||x3|).
+    cosine = label_review(model, test, labels, predictions=predictions)
+    assert cosine.indices.tolist() == [0, 1, 2, 3]
+    norm_t2, norm_x = 0.82**0.5, 0.68**0.5
+    expected = torch.tensor([1.0, 0.9 / norm_t2, 0.8 / norm_x, 0.74 / (norm_t2 * norm_x)], dtype=cosine.scores.dtype)
+    torch.testing.assert_close(cosine.scores, expected)
     everyone = label_review(model, test, predictions=predictions, instances="all")
     assert sorted(everyone.indices.tolist()) == [0, 1, 2, 3]
     assert everyone.sources.tolist()[:3] == [0, 1, 2]
 
 
-def test_kernel_similarities_match_brute_force() -> None:
+@pytest.mark.parametrize("metric", ["kernel", "correlation", "distance"])
+def test_kernel_similarities_match_brute_force(metric: str) -> None:
     torch.manual_seed(0)
     kernel = CachedDeepKernel(nn.Linear(6, 3 * 4), 25, 3, 4)
     kernel.fill(torch.randn(25, 6), progress=False)
     model = GPEXModel(kernel, torch.randn(25, 3))
     x, heads = torch.randn(5, 6), torch.tensor([0, 2, 1, 2, 0])
-    sims, chosen = kernel_similarities(model, x, heads)
+    sims, chosen = kernel_similarities(model, x, heads, metric=metric, chunk_size=7)
     with torch.no_grad():
         queries = kernel.embed(x)
     for t in range(5):
-        expected = kernel.embeddings[int(heads[t])] @ queries[int(heads[t]), t]
-        torch.testing.assert_close(sims[t].float(), expected)
+        u, q = kernel.embeddings[int(heads[t])].double(), queries[int(heads[t]), t].double()
+        expected = {
+            "kernel": u @ q,
+            "correlation": torch.nn.functional.cosine_similarity(u, q[None], dim=1),
+            "distance": -(u - q).norm(dim=1),
+        }[metric]
+        torch.testing.assert_close(sims[t], expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(chosen, heads)
 
 
@@ -153,6 +165,10 @@ def test_bad_input_is_named() -> None:
         label_review(model, test, torch.tensor([0, 1]), predictions=torch.tensor([0]))
     with pytest.raises(ValueError, match="instances"):
         label_review(model, test, instances="some")
+    with pytest.raises(ValueError, match=r"predictions: expected classes in \[0, 1\]"):
+        label_review(model, test, torch.tensor([0, 1]), predictions=torch.tensor([5, 1]))
+    with pytest.raises(ValueError, match="metric: expected one of"):
+        label_review(model, test, torch.tensor([0, 1]), predictions=torch.tensor([1, 1]), metric="cosine")
     with pytest.raises(ValueError, match="train_labels"):
         label_self_scores(model, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="train_labels"):

@@ -44,7 +44,7 @@ def test_maps_sum_to_kernel_similarity() -> None:
         dense = model.covar_module(x, inducing).to_dense()  # shape: (H, N, M)
     expected = dense[neighbours.heads[:, None], torch.arange(5)[:, None], neighbours.indices]
     assert (maps.input_maps.sum((-2, -1)) - expected.double()).abs().max() < 1e-5
-    assert (maps.neighbour_maps.sum((-2, -1)) - neighbours.similarities.double()).abs().max() < 1e-5
+    assert (maps.neighbour_maps.sum((-2, -1)) - neighbours.kernel_values.double()).abs().max() < 1e-5
 
 
 def _planted(n: int, corners: list[tuple[int, int]], generator: torch.Generator) -> torch.Tensor:

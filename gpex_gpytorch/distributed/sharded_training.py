@@ -89,6 +89,13 @@ class DistributedDistiller(Distiller):
         finally:
             self.ann.train(ann_was_training)
         run.model.eval()
+        self.final_refresh_ = None
+        if self.final_refresh:  # each rank refreshes its own rows; the statistics are all-reduced
+            kernel = run.model.covar_module
+            rows = torch.arange(kernel.shard_start, kernel.shard_stop).split(self.fill_batch_size)
+            self.final_refresh_ = self._refresh_cache(
+                run.model, (take_inputs(inducing_dataset, r).to(device) for r in rows)
+            )
         self.model_ = run.model
         self.history_ = run.history
         return self

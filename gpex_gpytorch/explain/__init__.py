@@ -1,8 +1,11 @@
 """Explanations through the GPs' kernels: neighbours, maps, uncertainty, and neighbouring explainers."""
 
+from .cache_freshness import StaleCacheWarning, check_cache_fresh
+from .contributions import Contributions, posterior_contributions
 from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
+from .kernel_similarity import DEFAULT_METRIC, SIMILARITY_METRICS
 from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
-from .nearest_neighbours import Neighbours, nearest_neighbours
+from .nearest_neighbours import Hubness, HubnessWarning, Neighbours, hubness, nearest_neighbours
 from .report import render_report, write_report
 from .similarity_maps import (
     PooledSpatialKernelNetwork,
@@ -16,7 +19,13 @@ from .submodule_explainer import FlattenedOutput, SubmoduleExplainer
 from .uncertainty import UncertaintyReport, misclassification_auroc, posterior_variance, variance_auroc
 
 __all__ = [
+    "DEFAULT_METRIC",
+    "SIMILARITY_METRICS",
     "CapturedActivations",
+    "Contributions",
+    "Hubness",
+    "HubnessWarning",
+    "StaleCacheWarning",
     "FlattenedOutput",
     "Neighbours",
     "PipelineComparison",
@@ -27,14 +36,17 @@ __all__ = [
     "SubmoduleExplainer",
     "UncertaintyReport",
     "capture_submodule",
+    "check_cache_fresh",
     "compare_pipeline",
     "gp_replacement",
+    "hubness",
     "label_review",
     "label_self_scores",
     "misclassification_auroc",
     "nearest_neighbours",
     "neighbour_similarity_maps",
     "plot_review",
+    "posterior_contributions",
     "posterior_variance",
     "render_report",
     "resolve_submodule",

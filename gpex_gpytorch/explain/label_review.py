@@ -26,6 +26,14 @@ from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
 from ..utils import check_tensor
+from .kernel_similarity import (
+    DEFAULT_METRIC,
+    check_metric,
+    check_positive_int,
+    choose_heads,
+    embed_queries,
+    similarity_matrix,
+)
 
 __all__ = [
     "ReviewRanking",
@@ -124,51 +132,37 @@ def rank_by_score(scores: Tensor, *, max_shown: int | None = None) -> ReviewRank
     return ReviewRanking(indices=order, scores=values[order], sources=torch.full_like(order, -1))
 
 
-def _choose_heads(model: GPEXModel, inputs: Tensor, heads: str | int | Tensor) -> Tensor:
-    num_heads, n = model.num_heads, inputs.shape[0]
-    if isinstance(heads, str):
-        if heads != "predicted":
-            raise ValueError(f"heads: expected 'predicted', an int or a tensor of head indices, got {heads!r}")
-        mean, _ = model.predict(inputs)
-        return mean.argmax(1)
-    if isinstance(heads, int) and not isinstance(heads, bool):
-        if not 0 <= heads < num_heads:
-            raise ValueError(f"heads: expected a head index in [0, {num_heads - 1}], got {heads}")
-        return torch.full((n,), heads, dtype=torch.long, device=inputs.device)
-    check_tensor("heads", heads, shape=(n,))
-    chosen = heads.to(device=inputs.device, dtype=torch.long)
-    if bool((chosen < 0).any() | (chosen >= num_heads).any()):
-        raise ValueError(f"heads: expected indices in [0, {num_heads - 1}], got {chosen.tolist()}")
-    return chosen
-
-
 @torch.no_grad()
 def kernel_similarities(
-    model: GPEXModel, inputs: Tensor, heads: str | int | Tensor = "predicted"
+    model: GPEXModel,
+    inputs: Tensor,
+    heads: str | int | Tensor = "predicted",
+    *,
+    metric: str = DEFAULT_METRIC,
+    chunk_size: int = 16384,
 ) -> tuple[Tensor, Tensor]:
-    """Kernel similarity :math:`f_h(x_t)^\\top f_h(\\tilde x_m)` of each input to every inducing instance.
+    """Similarity of each input to every inducing instance in its head's kernel space.
 
     Memory is ``T × M`` (the review protocol needs each row's full ordering).
 
     :param model: a fitted GPEX model.
     :param inputs: ``(T, ...)`` test inputs.
     :param heads: ``"predicted"`` (arg-max of the GP's posterior mean), one head for all, or ``(T,)``.
+    :param metric: as in :func:`~gpex_gpytorch.explain.nearest_neighbours` (default: the kernel correlation).
+    :param chunk_size: inducing rows scored at a time.
     :returns: ``(similarities (T, M), heads (T,))``.
     """
     kernel = model.covar_module
+    metric = check_metric(metric)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     check_tensor("inputs", inputs, device=kernel.embeddings.device)
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"inputs: expected a non-empty batch, got shape {tuple(inputs.shape)}")
-    chosen = _choose_heads(model, inputs, heads)
-    dtype = kernel.statistics_dtype
-    queries = kernel.embed(inputs)  # shape: (H, T, D)
-    rows = torch.arange(inputs.shape[0], device=chosen.device)
-    query = queries[chosen, rows].to(dtype)  # shape: (T, D)
-    similarities = torch.empty(inputs.shape[0], kernel.num_inducing, dtype=dtype, device=query.device)
-    for head in chosen.unique().tolist():
-        members = (chosen == head).nonzero().flatten()
-        similarities[members] = query[members] @ kernel.embeddings[head].to(dtype).T
-    return similarities, chosen
+    n = inputs.shape[0]
+    mean = model.predict(inputs)[0] if isinstance(heads, str) else None
+    chosen = choose_heads(model, mean, heads, n)
+    queries = embed_queries(model, inputs, chosen, metric, chunk_size)
+    return similarity_matrix(model, queries, metric, chunk_size=chunk_size), chosen
 
 
 def _check_labels(name: str, labels: Tensor, n: int, what: str) -> Tensor:
@@ -188,6 +182,7 @@ def label_review(
     predictions: Tensor | None = None,
     instances: str = "misclassified",
     heads: str | int | Tensor = "predicted",
+    metric: str = DEFAULT_METRIC,
     max_shown: int | None = None,
 ) -> ReviewRanking:
     """The paper's review order: misclassified test instances take turns showing their nearest unshown neighbour.
@@ -206,12 +201,16 @@ def label_review(
         ``heads="predicted"``, which head's kernel is searched.
     :param instances: ``"misclassified"`` (the paper's protocol) or ``"all"``.
     :param heads: as in :func:`kernel_similarities`; ``"predicted"`` uses ``predictions``.
+    :param metric: how "nearest" is measured (default: the kernel correlation; see
+        :mod:`~gpex_gpytorch.explain.kernel_similarity`). With ``"kernel"`` (the raw inner product)
+        a few large-norm instances come first for every test instance.
     :param max_shown: stop after this many training instances (default: all ``M``).
     :raises ValueError: when no test instance is misclassified, for an empty batch, labels of the
         wrong length or unknown ``instances``.
     """
     if instances not in ("misclassified", "all"):
         raise ValueError(f"instances: expected 'misclassified' or 'all', got {instances!r}")
+    metric = check_metric(metric)
     check_tensor("test_inputs", test_inputs)
     if test_inputs.dim() == 0 or test_inputs.shape[0] == 0:
         raise ValueError(f"test_inputs: expected a non-empty batch, got shape {tuple(test_inputs.shape)}")
@@ -220,6 +219,11 @@ def label_review(
         predicted = model.predict(test_inputs)[0].argmax(1)
     else:
         predicted = _check_labels("predictions", predictions, num_test, "test input").to(test_inputs.device)
+        if bool((predicted < 0).any() | (predicted >= model.num_heads).any()):
+            raise ValueError(
+                f"predictions: expected classes in [0, {model.num_heads - 1}] (one head per class), "
+                f"got values in [{int(predicted.min())}, {int(predicted.max())}]"
+            )
     keep = torch.arange(num_test, device=test_inputs.device)
     if instances == "misclassified":
         if test_labels is None:
@@ -236,7 +240,7 @@ def label_review(
     elif isinstance(heads, Tensor):
         check_tensor("heads", heads, shape=(num_test,))
         chosen_heads = heads.to(keep.device)[keep]
-    similarities, _ = kernel_similarities(model, test_inputs[keep], chosen_heads)
+    similarities, _ = kernel_similarities(model, test_inputs[keep], chosen_heads, metric=metric)
     ranking = review_order(similarities, max_shown=max_shown)
     # Map rows of the (kept) score matrix back to positions in test_inputs.
     return ReviewRanking(ranking.indices, ranking.scores, keep.cpu()[ranking.sources])
