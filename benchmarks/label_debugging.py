@@ -56,12 +56,11 @@ from gpex_gpytorch.explain.debugging_baselines import (
 )
 from gpex_gpytorch.explain.label_review import (
     ReviewRanking,
-    kernel_similarities,
+    label_review,
     label_self_scores,
     rank_by_score,
     review_order,
 )
-from gpex_gpytorch.models import GPEXModel
 
 MIN_MISCLASSIFIED = 10  # fewer misclassified test instances: the per-test protocol measures nothing (flagged)
 RETRAIN_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
@@ -211,24 +210,6 @@ def kernel_network(num_inputs: int, num_heads: int, dim: int, seed: int) -> nn.M
         )
 
 
-@torch.no_grad()
-def gpex_protocol(gp: GPEXModel, x_test: Tensor, predicted: Tensor, metric: str) -> ReviewRanking:
-    """The paper's protocol over the given (misclassified) test instances in the predicted head's kernel space.
-
-    ``metric="correlation"``: cosine of kernel embeddings, k(x, x̃)/√(k(x, x)k(x̃, x̃)); ``"kernel"``: raw
-    fᵀf̃, which ranks by embedding norm (a few hubs serve every query).
-    """
-    similarities, heads = kernel_similarities(gp, x_test, predicted)  # shape: (T, M)
-    if metric == "correlation":
-        kernel = gp.covar_module
-        queries = kernel.embed(x_test)[heads, torch.arange(x_test.shape[0])].to(similarities.dtype)  # (T, D)
-        norms = kernel.embeddings.to(similarities.dtype).norm(dim=-1)  # shape: (H, M)
-        similarities = similarities / (queries.norm(dim=1, keepdim=True) * norms[heads]).clamp_min(1e-30)
-    elif metric != "kernel":
-        raise ValueError(f"metric: expected 'correlation' or 'kernel', got {metric!r}")
-    return review_order(similarities)
-
-
 def rank_methods(
     model: Classifier,
     checkpoints: list[tuple[Classifier, float]],
@@ -264,17 +245,15 @@ def rank_methods(
         seed=seed,
         progress=False,
     )
-    gp = distiller.fit(TensorDataset(x_tr)).model_
-    fill_start = time.perf_counter()
-    gp.covar_module.fill(x_tr, progress=False)  # a fresh cache: every similarity is the current kernel's
-    log["cache_fill_seconds"] = round(time.perf_counter() - fill_start, 3)
+    gp = distiller.fit(TensorDataset(x_tr)).model_  # ends with a full cache refresh: similarities are exact
+    log["final_refresh"] = distiller.final_refresh_
     timings["GP distillation"] = time.perf_counter() - start
     with torch.no_grad():
         log["gpex_pearson_test"] = float(pearson_per_head(gp.predict(x_te)[0], model(x_te)).nanmean())
     if per_test:
         for name, metric in ((GPEX, "correlation"), (GPEX_RAW, "kernel")):
             start = time.perf_counter()
-            rankings[name] = gpex_protocol(gp, x_te[mis], predicted[mis], metric)
+            rankings[name] = label_review(gp, x_te, y_te, predictions=predicted, metric=metric)
             timings[name] = time.perf_counter() - start
     start = time.perf_counter()
     rankings["GPEX self-score (ours)"] = label_self_scores(gp, noisy)

@@ -109,27 +109,90 @@ def test_knn_loss_random_known_values() -> None:
     assert not torch.equal(random_scores(5, seed=3), random_scores(5, seed=4))
 
 
+def test_captum_availability_follows_the_import_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracin_module.importlib.util, "find_spec", lambda name: None)
+    assert captum_available() is False
+    monkeypatch.setattr(tracin_module.importlib.util, "find_spec", lambda name: object() if name == "captum" else None)
+    assert captum_available() is True
+
+
 def test_missing_captum_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isinstance(captum_available(), bool)
     monkeypatch.setattr(tracin_module, "captum_available", lambda: False)
     with pytest.raises(ImportError, match="captum is not installed"):
         captum_tracin(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), [], [], torch.zeros(1, 2), torch.zeros(1))
 
 
-def test_benchmark_skips_missing_optional_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def _benchmark(monkeypatch: pytest.MonkeyPatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "label_debugging.py"
     spec = importlib.util.spec_from_file_location("label_debugging_under_test", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _tiny_config(bench, seeds: tuple[int, ...] = (0,)):
+    setting = "digits 3 vs 8"
+    return bench.Config(
+        settings=(setting,),
+        noise_levels={setting: (0.45,)},
+        seeds={setting: seeds},
+        epochs={setting: 2},
+        hidden=8,
+        gpex_steps=3,
+        lissa_steps=5,
+        lissa_damping=0.01,
+        representer_lambda=1e-3,
+        checkpoints=1,
+        retrain_fractions=(0.5,),
+    )
+
+
+def test_benchmark_runs_every_method_and_skips_missing_optional_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _benchmark(monkeypatch)
     monkeypatch.setattr(bench, "captum_available", lambda: False)
-    monkeypatch.setattr(bench, "RETRAIN_FRACTIONS", (0.5,))
-    cfg = bench.Config(("two-class (3 vs 8)",), (0.45,), (0,), 1, 8, 3, 5, 0.01, 1e-3, 1)
-    run = bench.one_run("two-class (3 vs 8)", 0.45, 0, cfg)
+    monkeypatch.setattr(bench, "MIN_MISCLASSIFIED", 1)
+    run = bench.one_run("digits 3 vs 8", 0.45, 0, _tiny_config(bench))
     assert "captum" in run["skipped"]["TracIn (captum TracInCPFast)"]
-    assert "TracIn (captum TracInCPFast)" not in run["methods"]
-    assert {"GPEX (ours)", "representer points", "influence functions", "random"} <= set(run["methods"])
+    assert set(run["methods"]) == set(bench.METHODS) - {"TracIn (captum TracInCPFast)"}
+    assert run["num_flipped"] == round(0.45 * run["num_train"]) and "flagged" not in run
+    assert 0.0 <= run["fit_flipped"] <= 1.0 and run["retrain_counts"] == [round(0.5 * run["num_train"])]
+    assert run["final_refresh"] is not None  # the GP's cache was refreshed before ranking
+
+
+def test_benchmark_flags_cells_with_too_few_misclassified(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _benchmark(monkeypatch)
+    monkeypatch.setattr(bench, "captum_available", lambda: False)
+    cfg = _tiny_config(bench)
+    monkeypatch.setattr(bench, "MIN_MISCLASSIFIED", 10_000)  # more than the test set: every run is flagged
+    run = bench.one_run("digits 3 vs 8", 0.45, 0, cfg)
+    assert run["misclassified"] < 10_000 and "per-test methods not run" in run["flagged"]
+    assert set(run["methods"]) == {"GPEX self-score (ours)", "loss ranking", "random"}  # no fallback to all test
+    summary = bench.summarise([run], cfg)
+    entry = summary["digits 3 vs 8, 45% flipped"]
+    assert entry["flagged"] and entry["misclassified"] == [run["misclassified"]]
+    assert set(entry["methods"]) == {"GPEX self-score (ours)", "loss ranking", "random"}
+    assert "flagged (misclassified per seed" in bench.markdown_table(summary, {})
+
+
+def test_detection_auc_known_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _benchmark(monkeypatch)
+    flipped = torch.tensor([True, False, False, True])
+    # Flips shown first: found = 0, .5, 1, 1, 1 at shown = 0, .25, .5, .75, 1 -> trapezoid area 0.75 = 1 - p/2.
+    assert bench.detection_curve(torch.tensor([0, 3, 1, 2]), flipped)[1] == pytest.approx(0.75)
+    # Flips shown last: found = 0, 0, 0, .5, 1 -> area 0.25.
+    assert bench.detection_curve(torch.tensor([1, 2, 0, 3]), flipped)[1] == pytest.approx(0.25)
+
+
+def test_paired_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _benchmark(monkeypatch)
+    # Differences 0.1, 0.2, 0.3: mean 0.2, standard error 0.1/sqrt(3) = 0.058 -> a win.
+    assert bench.verdict([0.6, 0.7, 0.8], [0.5, 0.5, 0.5]) == "wins (+0.200)"
+    assert bench.verdict([0.5, 0.5, 0.5], [0.6, 0.7, 0.8]) == "loses (-0.200)"
+    # Differences +0.1, -0.1, +0.05: mean 0.017 within twice its standard error -> a tie.
+    assert bench.verdict([0.6, 0.4, 0.55], [0.5, 0.5, 0.5]).startswith("ties")
+    assert bench.verdict([0.6], [0.5]) == "n/a (1 seed)"
 
 
 def test_bad_input_is_named() -> None:
