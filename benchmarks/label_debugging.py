@@ -480,7 +480,7 @@ def markdown_table(summary: dict[str, object], skipped: dict[str, str]) -> str:
                 methods = entry["methods"]  # type: ignore[index]
                 if name in methods:
                     cells.append(value(methods[name]))  # type: ignore[operator]
-                elif entry["flagged"] and name in PER_TEST:  # type: ignore[index]
+                elif entry["flagged"] and name in PER_TEST and name not in skipped:  # type: ignore[index]
                     cells.append(_flag_text(entry))  # type: ignore[arg-type]
                 else:
                     cells.append("—")
@@ -538,7 +538,8 @@ def plot(summary: dict[str, object], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(summary)
-    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 7.5), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 8.2), squeeze=False)
     for col, key in enumerate(keys):
         entry = summary[key]
         methods = entry["methods"]  # type: ignore[index]
@@ -546,7 +547,8 @@ def plot(summary: dict[str, object], path: Path) -> None:
         for name in METHODS:
             if name not in methods:
                 continue
-            style = {"linewidth": 2.4} if "ours" in name else {"linewidth": 1.1}
+            # One colour per method in every panel, whatever rows a (flagged) cell lacks.
+            style = {"linewidth": 2.4 if "ours" in name else 1.1, "color": colours[METHODS.index(name) % 10]}
             curve = methods[name]["curve_mean"]
             axes[0, col].plot(np.linspace(0, 1, len(curve)), curve, label=name, **style)
             axes[1, col].errorbar(
@@ -560,8 +562,11 @@ def plot(summary: dict[str, object], path: Path) -> None:
         axes[1, col].axhline(entry["accuracy_clean"][0], color="k", linestyle=":", linewidth=1)  # type: ignore[index]
         axes[1, col].set_xlabel("N shown and corrected")
         axes[1, col].set_ylabel("test accuracy after retraining")
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
+    handles = [
+        plt.Line2D([], [], color=colours[i % 10], linewidth=2.4 if "ours" in n else 1.1) for i, n in enumerate(METHODS)
+    ]
+    fig.legend(handles, METHODS, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
