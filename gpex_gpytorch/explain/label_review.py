@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
 from ..utils import check_tensor
+from .cache_freshness import check_cache_fresh
 from .kernel_similarity import (
     DEFAULT_METRIC,
     check_metric,
@@ -184,6 +185,7 @@ def label_review(
     heads: str | int | Tensor = "predicted",
     metric: str = DEFAULT_METRIC,
     max_shown: int | None = None,
+    inducing_inputs: Tensor | None = None,
 ) -> ReviewRanking:
     """The paper's review order: misclassified test instances take turns showing their nearest unshown neighbour.
 
@@ -205,6 +207,9 @@ def label_review(
         :mod:`~gpex_gpytorch.explain.kernel_similarity`). With ``"kernel"`` (the raw inner product)
         a few large-norm instances come first for every test instance.
     :param max_shown: stop after this many training instances (default: all ``M``).
+    :param inducing_inputs: the ``(M, ...)`` training inputs; when given, the cache's staleness is
+        checked on a sample (:func:`~gpex_gpytorch.explain.check_cache_fresh`) and a warning is
+        issued if the similarities would not be the current network's.
     :raises ValueError: when no test instance is misclassified, for an empty batch, labels of the
         wrong length or unknown ``instances``.
     """
@@ -240,6 +245,8 @@ def label_review(
     elif isinstance(heads, Tensor):
         check_tensor("heads", heads, shape=(num_test,))
         chosen_heads = heads.to(keep.device)[keep]
+    if inducing_inputs is not None:
+        check_cache_fresh(model, inducing_inputs)
     similarities, _ = kernel_similarities(model, test_inputs[keep], chosen_heads, metric=metric)
     ranking = review_order(similarities, max_shown=max_shown)
     # Map rows of the (kept) score matrix back to positions in test_inputs.

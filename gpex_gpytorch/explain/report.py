@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distillation import FaithfulnessReport
+from .nearest_neighbours import Hubness
 from .uncertainty import UncertaintyReport
 
 __all__ = ["render_report", "write_report"]
@@ -21,6 +22,7 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #bbb; padding: 3px 9px; text-align: right; }
 th { background: #eee; }
 td.constant { color: #888; font-style: italic; }
+tr.warning td { color: #b00; }
 figure { margin: 1.5em 0; }
 figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; }
@@ -76,6 +78,25 @@ def _uncertainty_section(report: UncertaintyReport) -> str:
     return f"<section id='uncertainty'><h2>Uncertainty</h2><table>{body}</table></section>"
 
 
+def _neighbours_section(hubness: Mapping[str, Hubness], metric: str | None) -> str:
+    rows = []
+    for name, stats in hubness.items():
+        flag = " class='warning'" if stats.max_top1_share > 0.1 and stats.num_queries >= 20 else ""
+        rows.append(
+            f"<tr{flag}><td>{html.escape(name)}</td><td>{stats.num_queries}</td><td>{stats.distinct_top1}</td>"
+            f"<td>{stats.distinct}</td><td>{stats.max_occurrence}</td><td>{stats.max_top1_share:.0%} "
+            f"(instance {stats.hub})</td></tr>"
+        )
+    ranked = f"Neighbours are ranked by the kernel {html.escape(metric)}. " if metric else ""
+    return (
+        "<section id='neighbours'><h2>Neighbours: hubness</h2>"
+        f"<p>{ranked}A healthy explanation spreads its neighbours over the training set; rows in red have "
+        "one training instance as the top neighbour of more than a tenth of the queries.</p>"
+        "<table><tr><th>grid</th><th>queries</th><th>distinct top-1</th><th>distinct in all lists</th>"
+        "<th>largest k-occurrence</th><th>largest top-1 share</th></tr>" + "".join(rows) + "</table></section>"
+    )
+
+
 def render_report(
     *,
     title: str,
@@ -85,6 +106,8 @@ def render_report(
     head_names: Sequence[str] | None = None,
     notes: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    hubness: Mapping[str, Hubness] | None = None,
+    metric: str | None = None,
 ) -> str:
     """The report as one HTML string with no external resources.
 
@@ -94,6 +117,9 @@ def render_report(
     :param head_names: display names of the heads (e.g. class names).
     :param notes: a paragraph of plain text under the title.
     :param extra: any JSON-serialisable details, shown at the end.
+    :param hubness: per neighbour grid (caption → :class:`~gpex_gpytorch.explain.Hubness`), the
+        hubness diagnostic, shown before the figures.
+    :param metric: the similarity the neighbours were ranked by (named in that section).
     """
     if not isinstance(faithfulness, FaithfulnessReport):
         raise TypeError(f"faithfulness: expected a FaithfulnessReport, got {type(faithfulness).__name__}")
@@ -113,6 +139,8 @@ def render_report(
     parts.append(_faithfulness_section(faithfulness, head_names))
     if uncertainty is not None:
         parts.append(_uncertainty_section(uncertainty))
+    if hubness:
+        parts.append(_neighbours_section(hubness, metric))
     if figures:
         parts.append("<section id='figures'><h2>Explanations</h2>")
         for caption, png in figures:
