@@ -359,7 +359,8 @@ def fraction_masks(scores: Mapping[str, Tensor], fraction: float | Tensor) -> di
     f = torch.as_tensor(fraction, dtype=torch.float64)
     if f.dim() > 1 or bool(((f <= 0) | (f > 1) | torch.isnan(f)).any()):
         raise ValueError(f"fraction: expected values in (0, 1], got {f.tolist()}")
-    counts = {n: torch.ceil(f * s.shape[1] - 1e-9).long() for n, s in scores.items()}
+    # the tolerance absorbs float32 fractions (0.2 in float32 is 0.2000000030, and 5 x that must keep 1)
+    counts = {n: torch.ceil(f * s.shape[1] - 1e-5).long() for n, s in scores.items()}
     return top_k_masks(scores, counts)
 
 
