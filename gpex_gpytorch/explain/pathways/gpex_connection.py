@@ -39,6 +39,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
+from gpex_gpytorch.explain.kernel_similarity import DEFAULT_METRIC
 from gpex_gpytorch.explain.nearest_neighbours import nearest_neighbours
 from gpex_gpytorch.explain.pathways.channel_masks import apply_channel_masks
 from gpex_gpytorch.explain.pathways.metrics import pairwise_iou
@@ -277,7 +278,7 @@ class PathwayKernelSurvival:
 
 @torch.no_grad()
 def pathway_kernel_survival(
-    gp: GPEXModel, full_inputs: Tensor, masked_inputs: Tensor, *, k: int = 10
+    gp: GPEXModel, full_inputs: Tensor, masked_inputs: Tensor, *, k: int = 10, metric: str = DEFAULT_METRIC
 ) -> PathwayKernelSurvival:
     """Compare a GPEX model's view of full and pathway-masked sub-module inputs (see the module docs).
 
@@ -285,6 +286,7 @@ def pathway_kernel_survival(
     :param full_inputs: ``(N, ...)`` the sub-module's inputs from the full network (:func:`submodule_inputs`).
     :param masked_inputs: the same inputs computed under the pathways.
     :param k: neighbours compared, ``1 <= k <= M``.
+    :param metric: how neighbours are ranked (:func:`~gpex_gpytorch.explain.nearest_neighbours`).
     """
     if not isinstance(gp, GPEXModel):
         raise TypeError(f"gp: expected a GPEXModel, got {type(gp).__name__}")
@@ -302,8 +304,8 @@ def pathway_kernel_survival(
     a = gp.covar_module.embed(full_inputs)[heads, rows].double()  # shape: (N, D)
     b = gp.covar_module.embed(masked_inputs)[heads, rows].double()
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30)
-    near_full = nearest_neighbours(gp, full_inputs, k=k, heads=heads).indices
-    near_masked = nearest_neighbours(gp, masked_inputs, k=k, heads=heads).indices
+    near_full = nearest_neighbours(gp, full_inputs, k=k, heads=heads, metric=metric, hub_warning=None).indices
+    near_masked = nearest_neighbours(gp, masked_inputs, k=k, heads=heads, metric=metric, hub_warning=None).indices
     overlap = (near_full[:, :, None] == near_masked[:, None, :]).any(dim=2).double().mean(dim=1)
     agreement = (mean_masked.argmax(dim=1) == heads).double().mean()
     return PathwayKernelSurvival(
