@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["CommunicationMeter", "DistributedStepError", "all_reduce_sum", "counting_allreduce_hook"]
+__all__ = [
+    "CommunicationMeter",
+    "DistributedStepError",
+    "all_reduce_sum",
+    "collective_errors",
+    "counting_allreduce_hook",
+]
 
 
 class DistributedStepError(RuntimeError):
@@ -43,6 +51,26 @@ def _describe(group: dist.ProcessGroup | None, what: str, error: BaseException) 
         f"rank {rank}: {what} failed - another rank died or did not answer within the process group's "
         f"timeout (set by init_process_group(timeout=...)); original error: {error}"
     )
+
+
+@contextmanager
+def collective_errors(what: str, group: dist.ProcessGroup | None = None) -> Iterator[None]:
+    """Turn a failure of the collectives run inside the block into :class:`DistributedStepError`.
+
+    A peer that dies surfaces in many shapes (gloo's "Connection reset by peer", a timeout, DDP's
+    "Got the following error when running the callback" from ``backward``); all are
+    :class:`RuntimeError` (``DistBackendError`` included). Wrap only blocks whose failures are
+    collectives: a :class:`RuntimeError` of any other origin inside would be reported as one too.
+
+    :param what: what the block does, for the message ("the checkpoint barrier").
+    :param group: the group it communicates on (for the rank in the message).
+    """
+    try:
+        yield
+    except DistributedStepError:
+        raise
+    except (RuntimeError, dist.DistBackendError) as error:
+        raise _describe(group, what, error) from error
 
 
 def all_reduce_sum(

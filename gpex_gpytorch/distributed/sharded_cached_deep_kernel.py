@@ -13,7 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..kernels import CachedDeepKernel, InducingStatistics
 from ..utils import check_finite, check_index_tensor, check_tensor
-from .communication import CommunicationMeter, all_reduce_sum
+from .communication import CommunicationMeter, all_reduce_sum, collective_errors
+from .process_group import new_group_like_default
 from .sharding import ShardLayout
 
 __all__ = ["ShardedCachedDeepKernel"]
@@ -50,7 +51,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
     :param num_inducing: ``M``, the *global* number of inducing instances (at least the world size).
     :param num_heads: ``H``.
     :param embedding_dim: ``D``.
-    :param process_group: the group for the statistics' all-reduces (default: a new group of all ranks).
+    :param process_group: the group for the statistics' all-reduces (default: a new group of all ranks,
+        with the default group's timeout).
     :param embedding_dtype: storage dtype of the shard.
     :param statistics_dtype: dtype of ``G`` and ``b``.
     :param device: where to allocate the shard (``cuda:<local rank>`` under NCCL).
@@ -76,8 +78,9 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
                 "ShardedCachedDeepKernel: torch.distributed is not initialised; call "
                 "gpex_gpytorch.distributed.init_distributed() (or init_process_group) first"
             )
-        # A private group keeps the statistics' collectives apart from DDP's gradient buckets.
-        group = dist.new_group() if process_group is None else process_group
+        # A private group keeps the statistics' collectives apart from DDP's gradient buckets; it
+        # inherits the default group's timeout (dist.new_group() alone would wait 30 minutes).
+        group = new_group_like_default() if process_group is None else process_group
         layout = ShardLayout(num_inducing, dist.get_world_size(group))
         rank = dist.get_rank(group)
         super().__init__(
@@ -126,7 +129,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             ddp_kwargs.setdefault("forward_sync_buffers", False)
         else:
             ddp_kwargs.setdefault("broadcast_buffers", False)
-        ddp = DistributedDataParallel(self.feature_extractor, **ddp_kwargs)
+        with collective_errors("the broadcast of the kernel network's weights (DistributedDataParallel)"):
+            ddp = DistributedDataParallel(self.feature_extractor, **ddp_kwargs)
         object.__setattr__(self, "_data_parallel", ddp)
         return ddp
 

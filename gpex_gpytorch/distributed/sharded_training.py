@@ -17,7 +17,7 @@ from ..distillation.input_mixing import mix_inputs
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
 from .checkpoint_shards import ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
-from .communication import CommunicationMeter, all_reduce_sum, counting_allreduce_hook
+from .communication import CommunicationMeter, all_reduce_sum, collective_errors, counting_allreduce_hook
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
 from .sharding import ShardLayout
 
@@ -200,7 +200,10 @@ class DistributedDistiller(Distiller):
             output = model(x, fresh_indices=fresh, fresh_inputs=fresh_inputs)
             loss = -mll(output, target.to(output.mean.dtype))
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # The backward runs the statistics' all-reduce and DDP's gradient buckets: a dead peer
+            # surfaces here as a raw RuntimeError from DDP's callback unless named.
+            with collective_errors(f"step {step}: the backward (gradient all-reduces)", kernel.process_group):
+                loss.backward()
             loss_value = self._average_others(loss.detach(), others, kernel.process_group, world)
             if not bool(torch.isfinite(loss_value)):  # the same verdict on every rank: all stop together
                 raise FloatingPointError(
