@@ -19,7 +19,7 @@ from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
 from ..utils import NonFiniteError, check_tensor, nonfinite_rows
-from .checkpointing import load_checkpoint, save_checkpoint
+from .checkpointing import check_writable, load_checkpoint, save_checkpoint
 from .dataset_access import dataset_length, iterate_inputs, take_inputs
 from .default_kernel_network import default_kernel_network
 from .input_mixing import mix_inputs
@@ -238,6 +238,8 @@ class Distiller:
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
+        if self.checkpoint_path is not None:
+            check_writable(self.checkpoint_path)  # a read-only folder found now, not after an interval's work
         checkpoint = None if resume is None else load_checkpoint(resume, map_location=device)
         ann_was_training = self.ann.training
         self.ann.eval()

@@ -11,12 +11,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..distillation.checkpointing import check_writable
 from ..distillation.dataset_access import dataset_length, take_inputs
 from ..distillation.distiller import CHECKPOINT_FORMAT, Distiller, _Run, _Sweep, pearson_per_head
 from ..distillation.input_mixing import mix_inputs
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
-from .checkpoint_shards import ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
+from .checkpoint_shards import MANIFEST, ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from .communication import CommunicationMeter, all_reduce_sum, collective_errors, counting_allreduce_hook
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
 from .sharding import ShardLayout
@@ -76,6 +77,9 @@ class DistributedDistiller(Distiller):
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
+        if self.checkpoint_path is not None:
+            # The folder of shards: found read-only now, not after an interval's work.
+            check_writable(self.checkpoint_path / MANIFEST)
         checkpoint = None
         if resume is not None:
             layout = ShardLayout(num_inducing, world)
