@@ -93,6 +93,13 @@ class Fx:
         return kernel
 
     @cached_property
+    def half_kernel(self) -> gp.CachedDeepKernel:
+        torch.manual_seed(1)
+        kernel = gp.CachedDeepKernel(nn.Linear(F, H * D), M, H, D, embedding_dtype=torch.float16)
+        kernel.fill(self.x, progress=False)
+        return kernel
+
+    @cached_property
     def model(self) -> gp.GPEXModel:
         with torch.no_grad():
             values = self.ann(self.x)
@@ -281,6 +288,28 @@ ROWS: list[Row] = [
         ut.NonFiniteError,
         rf"inputs\[0:{M}\] \(embeddings from feature_extractor\).*inducing rows \[{M - 2}, {M - 1}\]",
         _kernel_state),
+    Row(Kernel, "fill: NaN in a later batch (earlier batches not written)",
+        lambda fx: fx.kernel.fill(torch.cat([2 * fx.x[:M - 1], torch.full((1, F), NAN)]), batch_size=2, progress=False),
+        ut.NonFiniteError, rf"inputs\[4:{M}\] \(embeddings from feature_extractor\).*inducing rows \[{M - 1}\]",
+        _kernel_state),
+    Row(Kernel, "fill: iterable yields too few rows", lambda fx: fx.kernel.fill(iter([2 * fx.x[:2]]), progress=False),
+        ValueError, rf"inputs: yielded 2 rows, expected num_inducing={M}", _kernel_state),
+    Row(Kernel, "fill: iterable yields too many rows",
+        lambda fx: fx.kernel.fill(iter([2 * fx.x, fx.x[:1]]), progress=False),
+        ValueError, rf"inputs: yielded more than num_inducing={M} rows", _kernel_state),
+    Row(Kernel, "fill: float16 cache overflow", lambda fx: fx.half_kernel.fill(fx.x * 1e6, progress=False),
+        ut.NonFiniteError,
+        r"inputs\[0:6\] \(embeddings from feature_extractor\): values beyond the range of "
+        r"embedding_dtype=torch.float16 \(\|x\| <= 6.55e\+04\) for inducing rows \[0, ",
+        lambda fx: _buffers(fx.half_kernel)),
+    Row(Kernel, "refresh: float16 cache overflow",
+        lambda fx: fx.half_kernel.refresh(torch.tensor([3, 1]), fx.x[:2] * 1e6),
+        ut.NonFiniteError, r"inputs \(embeddings from feature_extractor\): values beyond the range of "
+        r"embedding_dtype=torch.float16 .*for inducing rows \[3, 1\]", lambda fx: _buffers(fx.half_kernel)),
+    Row(Kernel, "set_inducing_values: float64 beyond float32's range",
+        lambda fx: fx.kernel.set_inducing_values(torch.full((M, H), 1e39, dtype=torch.float64)),
+        ut.NonFiniteError, r"inducing_values \(after conversion to the cache's dtype\): expected finite values, "
+        r"got NaN or inf for rows \[0, 1, 2, 3, 4, 5\]", _kernel_state),
     Row(Kernel, "set_inducing_values: shape", lambda fx: fx.kernel.set_inducing_values(torch.zeros(M, H + 1)),
         ValueError, rf"inducing_values: expected shape \({M}, {H}\), got \({M}, {H + 1}\)", _kernel_state),
     Row(Kernel, "set_inducing_values: NaN", lambda fx: fx.kernel.set_inducing_values(torch.full((M, H), NAN)),

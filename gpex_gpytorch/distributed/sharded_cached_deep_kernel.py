@@ -219,8 +219,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         stored = None
         if idx.numel():
             new = self._embed_checked(inputs, idx.numel(), "inputs")
-            # The statistics must describe what is stored (rounded to embedding_dtype).
-            stored = new.to(self.embeddings.dtype)
+            # The statistics must describe what is stored (rounded to embedding_dtype, and finite there).
+            stored = self._stored("inputs", new, idx + self.shard_start)
         parts = self._sum_over_ranks(self._deltas(idx, stored), "the all-reduce of a refresh")
         self.gram.add_(parts[0])
         if self.has_inducing_values:
@@ -228,7 +228,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         if stored is not None:
             self.embeddings[:, idx] = stored
 
-    def _write_rows(self, idx: Tensor, new: Tensor) -> None:
+    def _write_rows(self, idx: Tensor, stored: Tensor) -> None:
         raise NotImplementedError("ShardedCachedDeepKernel: use refresh(global_indices, inputs) (collective)")
 
     @torch.no_grad()
@@ -258,19 +258,26 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             batches: Iterable[Tensor] = inputs.split(batch_size)
         else:
             batches = inputs
+        # Staged as in CachedDeepKernel.fill: a failure on this rank leaves its rows unchanged.
+        staging = torch.empty_like(self.embeddings)  # shape: (H, M_r, D)
         start = 0
+        complete = False
         try:
             for batch in batches:
                 new = self.embed(batch)
                 stop = start + new.shape[1]
                 if stop > local:
                     raise ValueError(f"inputs: yielded more than rank {self.rank}'s {local} rows")
-                check_finite(f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new)
-                self.embeddings[:, start:stop] = new.to(self.embeddings.dtype)
+                name = f"inputs[{start}:{stop}]"
+                check_finite(f"{name} (embeddings from feature_extractor)", new)
+                staging[:, start:stop] = self._stored(name, new, torch.arange(start, stop) + self.shard_start)
                 start = stop
             if start != local:
                 raise ValueError(f"inputs: yielded {start} rows, expected rank {self.rank}'s {local}")
+            complete = True
         finally:
+            if complete:
+                self.embeddings.copy_(staging)
             # Every rank reaches this collective, even one that failed above.
             self.recompute_statistics()
 
