@@ -100,6 +100,13 @@ class Fx:
         return kernel
 
     @cached_property
+    def checkpoint(self) -> Path:
+        """A 2-step run's checkpoint (default noise, lr, beta)."""
+        path = self.tmp / "run.pt"
+        _small(self, checkpoint_every=2, checkpoint_path=path).fit(self.dataset)
+        return path
+
+    @cached_property
     def model(self) -> gp.GPEXModel:
         with torch.no_grad():
             values = self.ann(self.x)
@@ -370,7 +377,8 @@ ROWS: list[Row] = [
         TypeError, r"inputs: expected dtype torch.float32 \(the model's\), got torch.int64", _model_state),
     Row(gp.GPEXModel, "predict: empty batch", lambda fx: fx.model.predict(fx.x[:0]),
         ValueError, r"inputs: expected a non-empty batch .*got shape \(0, 4\)", _model_state),
-    Row(gp.GPEXModel, "predict: inf in one row", lambda fx: fx.model.predict(fx.x.index_fill(0, torch.tensor([4]), float("inf"))),
+    Row(gp.GPEXModel, "predict: inf in one row",
+        lambda fx: fx.model.predict(fx.x.index_fill(0, torch.tensor([4]), float("inf"))),
         ValueError, r"inputs: expected finite values, got NaN or inf for rows \[4\]", _model_state),
     Row(gp.GPEXModel, "predict: not a tensor", lambda fx: fx.model.predict([[0.0] * F]),
         TypeError, r"inputs: expected a torch.Tensor, got list", _model_state),
@@ -431,11 +439,64 @@ ROWS: list[Row] = [
     Row(dl.Distiller, "steps=0", lambda fx: dl.Distiller(fx.ann, steps=0),
         ValueError, r"steps: expected an integer >= 1, got 0"),
     Row(dl.Distiller, "noise=0", lambda fx: dl.Distiller(fx.ann, noise=0.0),
-        ValueError, r"noise: expected a value > 0, got 0"),
+        ValueError, r"noise: expected a finite value > 0, got 0"),
     Row(dl.Distiller, "noise=NaN", lambda fx: dl.Distiller(fx.ann, noise=NAN),
-        ValueError, r"noise: expected a value > 0, got nan"),
+        ValueError, r"noise: expected a finite value > 0, got nan"),
     Row(dl.Distiller, "lr=-1", lambda fx: dl.Distiller(fx.ann, lr=-1.0),
-        ValueError, r"lr: expected a value > 0, got -1"),
+        ValueError, r"lr: expected a finite value > 0, got -1"),
+    Row(dl.Distiller, "lr=inf", lambda fx: dl.Distiller(fx.ann, lr=float("inf")),
+        ValueError, r"lr: expected a finite value > 0, got inf"),
+    Row(dl.Distiller, "lr a string", lambda fx: dl.Distiller(fx.ann, lr="1e-3"),
+        TypeError, r"lr: expected a real number, got str '1e-3'"),
+    Row(dl.Distiller, "beta=inf", lambda fx: dl.Distiller(fx.ann, beta=float("inf")),
+        ValueError, r"beta: expected a finite value >= 0, got inf"),
+    Row(dl.Distiller, "seed a string", lambda fx: dl.Distiller(fx.ann, seed="0"),
+        TypeError, r"seed: expected an integer, got str '0'"),
+    Row(dl.Distiller, "seed=-1", lambda fx: dl.Distiller(fx.ann, seed=-1),
+        ValueError, r"seed: expected an integer in \[0, 2\*\*63\), got -1"),
+    Row(dl.Distiller, "embedding_dtype a string", lambda fx: dl.Distiller(fx.ann, embedding_dtype="float16"),
+        TypeError, r"embedding_dtype: expected None or a floating-point torch.dtype .*got str 'float16' "
+        r"\(use torch.float16\)"),
+    Row(dl.Distiller, "device=meta", lambda fx: dl.Distiller(fx.ann, device="meta"),
+        ValueError, r"device: expected a device with data \(cpu or cuda\), got the meta device"),
+    Row(dl.Distiller, "device unknown", lambda fx: dl.Distiller(fx.ann, device="gpu0"),
+        ValueError, r"device: expected a device such as 'cpu' or 'cuda:0', got 'gpu0'"),
+    Row(dl.Distiller, "mix not a bool", lambda fx: dl.Distiller(fx.ann, mix="yes"),
+        TypeError, r"mix: expected True or False, got str 'yes'"),
+    Row(dl.Distiller, "fit: int64 inputs",
+        lambda fx: _small(fx).fit(TensorDataset(torch.ones(M, F, dtype=torch.long))),
+        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.int64",
+        lambda fx: _buffers(fx.ann)),
+    Row(dl.Distiller, "fit: float16 inputs", lambda fx: _small(fx).fit(TensorDataset(fx.x.half())),
+        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.float16"),
+    Row(dl.Distiller, "fit: float64 inputs", lambda fx: _small(fx).fit(TensorDataset(fx.x.double())),
+        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.float64; "
+        r"convert with \.to\(torch.float32\)"),
+    Row(dl.Distiller, "fit: NaN input",
+        lambda fx: _small(fx).fit(TensorDataset(fx.x.index_fill(0, torch.tensor([1]), NAN))),
+        ValueError, r"train_dataset \(inputs\): expected finite values, got NaN or inf for rows \[1\]"),
+    Row(dl.Distiller, "fit: inducing set of another width",
+        lambda fx: _small(fx).fit(fx.dataset, TensorDataset(torch.randn(M, F + 1))),
+        ValueError,
+        rf"inducing_dataset: expected inputs of shape \({F},\) \(as train_dataset's\), got \({F + 1},\)"),
+    Row(dl.Distiller, "fit: ann with 0 outputs", lambda fx: _small(fx, ann=nn.Linear(F, 0)).fit(fx.dataset),
+        ValueError, r"ann: expected at least one output column \(one GP per column\), got shape \(2, 0\)"),
+    Row(dl.Distiller, "fit: resume from a checkpoint missing keys",
+        lambda fx: _small(fx).fit(fx.dataset, resume=_saved_checkpoint(fx, {"format": "gpex-distiller-1"})),
+        ValueError, r"resume: the checkpoint lacks the entries \['config', 'step', 'model'"),
+    Row(dl.Distiller, "fit: resume with another noise",
+        lambda fx: _small(fx, noise=0.5).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"resume: the checkpoint was written with other settings \(noise: checkpoint 1.0 vs now 0.5\)"),
+    Row(dl.Distiller, "fit: resume with another lr and beta",
+        lambda fx: _small(fx, lr=0.1, beta=0.5).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"other settings \(lr: checkpoint 0.001 vs now 0.1, beta: checkpoint 1.0 vs now 0.5\)"),
+    Row(dl.Distiller, "fit: resume at step -5",
+        lambda fx: _small(fx).fit(fx.dataset, resume=_saved_checkpoint(fx, {**dl.load_checkpoint(fx.checkpoint),
+                                                                           "step": -5})),
+        ValueError, r"resume: the checkpoint's step must be an integer >= 0, got -5"),
+    Row(dl.Distiller, "fit: resume beyond steps",
+        lambda fx: _small(fx, steps=1).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"steps: the checkpoint is at step 2, beyond steps=1"),
     Row(dl.Distiller, "checkpoint_every without a path", lambda fx: dl.Distiller(fx.ann, checkpoint_every=5),
         ValueError, r"checkpoint_path: required when checkpoint_every is set"),
     Row(dl.Distiller, "ann not a module", lambda fx: dl.Distiller(lambda x: x),
@@ -913,6 +974,19 @@ ROWS: list[Row] = [
         TypeError, r"name: expected a string, got int"),
 ]
 # fmt: on
+
+
+def _small(fx: Fx, ann: nn.Module | None = None, **kwargs: object) -> dl.Distiller:
+    settings: dict[str, object] = dict(
+        embedding_dim=D, steps=2, batch_size=4, inducing_batch_size=2, eval_every=1000, eval_size=4, progress=False
+    )
+    settings.update(kwargs)
+    return dl.Distiller(fx.ann if ann is None else ann, **settings)  # type: ignore[arg-type]
+
+
+def _saved_checkpoint(fx: Fx, state: dict) -> Path:
+    dl.save_checkpoint(fx.tmp / "edited.pt", state)
+    return fx.tmp / "edited.pt"
 
 
 def _neighbour_fields(fx: Fx) -> tuple[Tensor, Tensor, Tensor, Tensor]:

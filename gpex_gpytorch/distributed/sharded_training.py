@@ -24,6 +24,9 @@ from .sharding import ShardLayout
 
 __all__ = ["DistributedDistiller"]
 
+# What _save_sharded writes beside the model (the RNG of torch is not part of a sharded run's state).
+_SHARDED_EXTRA_KEYS = ("format", "config", "step", "optimizer", "generator", "fresh_sweep", "refresh_sweep", "history")
+
 
 def _take(dataset: Dataset, indices: Tensor, input_shape: torch.Size) -> Tensor:
     # take_inputs cannot stack zero items; a rank may own none of a step's rows.
@@ -87,7 +90,7 @@ class DistributedDistiller(Distiller):
         ann_was_training = self.ann.training
         self.ann.eval()
         try:
-            num_heads = self._check_ann(train_dataset, device)
+            num_heads = self._check_ann(train_dataset, device, inducing_dataset)
             run = self._start_sharded(train_dataset, inducing_dataset, num_inducing, num_heads, device, checkpoint)
             self._train_sharded(run, train_dataset, inducing_dataset, num_train, device)
         finally:
@@ -120,7 +123,7 @@ class DistributedDistiller(Distiller):
                 raise FloatingPointError(f"ann: non-finite outputs on inducing_dataset rows of rank {kernel.rank}")
             kernel.fill(take_inputs(inducing_dataset, r).to(device) for r in rows)
         else:
-            self._check_checkpoint(checkpoint.extra, num_inducing, num_heads)
+            self._check_checkpoint(checkpoint.extra, num_inducing, num_heads, _SHARDED_EXTRA_KEYS)
             values = checkpoint.model_state["variational_strategy.kernel.inducing_values"]
         model = GPEXModel(kernel, values, noise=self.noise, learn_noise=self.learn_noise).to(device)
         if checkpoint is not None:
