@@ -952,6 +952,11 @@ ROWS: list[Row] = [
         FileNotFoundError, r"root: .*none is not a directory"),
     Row(ds.load_digits, "test_size=1.5", lambda fx: ds.load_digits(test_size=1.5),
         ValueError, r"test_size: expected a fraction strictly between 0 and 1, got 1.5"),
+    Row(ds.load_digits, "seed=-1", lambda fx: ds.load_digits(seed=-1),
+        ValueError, r"seed: expected an integer in \[0, 2\*\*32\), got -1"),
+    Row(ds.load_cifar10, "corrupted batch: shared nested labels",
+        lambda fx: ds.load_cifar10(_nested_label_batch(fx.tmp), train=False),
+        ValueError, r"test_batch: expected b'labels' as a list of integers, found a list"),
     Row(ds.load_digits, "class 10", lambda fx: ds.load_digits(classes=[1, 10]),
         ValueError, r"classes: expected integers in 0..9, got 10"),
     Row(ds.load_mnist_idx, "missing folder", lambda fx: ds.load_mnist_idx(fx.tmp / "none"),
@@ -1014,6 +1019,19 @@ def _saved_checkpoint(fx: Fx, state: dict) -> Path:
 def _neighbour_fields(fx: Fx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n = fx.neighbours
     return n.similarities, n.heads, n.mean, n.variance
+
+
+def _nested_label_batch(folder: Path) -> Path:
+    import pickle
+
+    import numpy as np
+
+    labels: list = [0]
+    for _ in range(30):
+        labels = [labels, labels]
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
 
 
 def _idx_file(folder: Path) -> Path:
