@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 MASK_LAYERS = ("features.0", "features.2", "features.5", "penultimate.1")
@@ -35,10 +37,18 @@ CURVE_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex pathways`` options to ``parser``."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the CNN and the generator (default 0)")
-    parser.add_argument("--width", type=int, default=1024, help="width of the CNN's penultimate layer (default 1024)")
-    parser.add_argument("--cnn-epochs", type=int, default=15, help="training epochs of the CNN (default 15)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each generator (default 30)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the split, the CNN and the generator (default 0)"
+    )
+    parser.add_argument(
+        "--width", type=integer_at_least(1), default=1024, help="width of the CNN's penultimate layer (default 1024)"
+    )
+    parser.add_argument(
+        "--cnn-epochs", type=integer_at_least(1), default=15, help="training epochs of the CNN (default 15)"
+    )
+    parser.add_argument(
+        "--epochs", type=integer_at_least(1), default=30, help="training epochs of each generator (default 30)"
+    )
     parser.add_argument(
         "--sparsity-weights",
         type=str,
@@ -52,9 +62,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also train, at the main sparsity weight, the generator without the faithfulness gate, without the "
         "class-relevance term, with the prototype term, without class conditioning and with soft masks only",
     )
-    parser.add_argument("--permutations", type=int, default=199, help="Mantel permutations (default 199)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads for this run (default 0: leave torch's setting)"
+        "--permutations", type=integer_at_least(0), default=199, help="Mantel permutations (default 199)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer_at_least(0),
+        default=0,
+        help="torch intra-op threads for this run (default 0: leave torch's setting)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
