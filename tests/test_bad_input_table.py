@@ -412,6 +412,10 @@ ROWS: list[Row] = [
         lambda fx: fx.model(fx.x, fresh_indices=torch.tensor([M]), fresh_inputs=fx.x[:1]),
         ValueError, rf"fresh_indices: expected indices in \[0, {M - 1}\], got values in \[{M}, {M}\]", _model_state),
     # ------------------------------------------------------------------ mlls
+    Row(gp.ANNMatchingELBO, "beta=inf", lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=M, beta=float("inf")),
+        ValueError, r"beta: expected a finite value >= 0, got inf"),
+    Row(gp.ann_matching_loss, "NaN target", lambda fx: gp.ann_matching_loss(fx.output, torch.full((3, H), NAN)),
+        ut.NonFiniteError, r"ann_output: expected finite values, got NaN or inf for rows \[0, 1, 2\]"),
     Row(gp.ANNMatchingELBO, "num_data=0", lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=0),
         ValueError, r"num_data: expected an integer >= 1, got 0"),
     Row(gp.ANNMatchingELBO, "negative ann_noise",
@@ -539,6 +543,12 @@ ROWS: list[Row] = [
         FileNotFoundError, r"checkpoint: no file at .*none.pt"),
     Row(dl.distill, "not a dataset", lambda fx: dl.distill(fx.ann, 5, steps=1, progress=False),
         TypeError, r"train_dataset: expected a map-style dataset with __len__, got int"),
+    Row(dl.faithfulness, "batch_size=0", lambda fx: dl.faithfulness(fx.model, fx.ann, fx.dataset, batch_size=0),
+        ValueError, r"batch_size: expected an integer >= 1, got 0"),
+    Row(dl.faithfulness, "a NaN head is named, not dropped",
+        lambda fx: dl.faithfulness(fx.model, _NaNColumn(fx.ann, 1), fx.dataset),
+        ut.NonFiniteError, r"ann: expected finite outputs, got NaN or inf on dataset rows \[0, 1, 2, 3, 4, 5\] "
+        r"\(heads \[1\]\)"),
     Row(dl.faithfulness, "ann heads mismatch", lambda fx: dl.faithfulness(fx.model, nn.Linear(F, H + 1), fx.dataset),
         ValueError, rf"ann: expected outputs of shape \(N, {H}\), got \({M}, {H + 1}\)"),
     Row(dl.predict_gp_and_ann, "empty dataset",
@@ -1001,6 +1011,19 @@ ROWS: list[Row] = [
         TypeError, r"name: expected a string, got int"),
 ]
 # fmt: on
+
+
+class _NaNColumn(nn.Module):
+    """``ann`` with one output column replaced by NaN."""
+
+    def __init__(self, ann: nn.Module, column: int) -> None:
+        super().__init__()
+        self.ann, self.column = ann, column
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.ann(x).clone()
+        out[:, self.column] = NAN
+        return out
 
 
 def _small(fx: Fx, ann: nn.Module | None = None, **kwargs: object) -> dl.Distiller:
