@@ -575,6 +575,10 @@ ROWS: list[Row] = [
     Row(dl.load_checkpoint, "random bytes",
         lambda fx: dl.load_checkpoint(_write(fx.tmp / "c.pt", bytes(range(256)) * 4)),
         ValueError, r"checkpoint: .*c.pt is truncated or corrupted"),
+    Row(dl.load_checkpoint, "one flipped bit in a tensor record", lambda fx: dl.load_checkpoint(_bit_rot(fx.tmp)),
+        ValueError, r"checkpoint: .*c.pt is corrupted: its contents do not match the SHA-256 digest"),
+    Row(dl.save_checkpoint, "reserved key", lambda fx: dl.save_checkpoint(fx.tmp / "c.pt", {"sha256": "x"}),
+        ValueError, r"state: the key 'sha256' is reserved"),
     Row(dl.load_checkpoint, "empty file", lambda fx: dl.load_checkpoint(_write(fx.tmp / "c.pt", b"")),
         ValueError, r"checkpoint: .*c.pt is truncated or corrupted"),
     Row(dl.load_checkpoint, "arbitrary object", lambda fx: dl.load_checkpoint(_pickled_object(fx.tmp)),
@@ -1082,6 +1086,16 @@ class _Payload:
 
 def _pickled_object(folder: Path) -> Path:
     return _saved(folder, {"format": "x", "payload": _Payload()})
+
+
+def _bit_rot(folder: Path) -> Path:
+    path = folder / "c.pt"
+    values = torch.arange(100, dtype=torch.float32)
+    dl.save_checkpoint(path, {"format": "x", "values": values})
+    data = bytearray(path.read_bytes())
+    data[data.find(values.numpy().tobytes()) + 41] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _truncated_checkpoint(folder: Path) -> Path:
