@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,14 @@ def _dead_pid() -> int:
 
 
 WRITER = """
-    import sys, torch
+    import sys, time, torch
+    from pathlib import Path
     from gpex_gpytorch.distillation import save_checkpoint
     torch.set_num_threads(1)
-    path, value = sys.argv[1], int(sys.argv[2])
+    path, value = Path(sys.argv[1]), int(sys.argv[2])
+    (path.parent / f"ready-{value}").touch()
+    while not (path.parent / "go").exists():  # both writers start saving together
+        time.sleep(0.01)
     for step in range(40):
         state = {"format": "x", "writer": value, "step": step, "data": torch.full((50_000,), float(value))}
         save_checkpoint(path, state)
@@ -58,14 +63,20 @@ WRITER = """
 
 
 def test_two_processes_writing_the_same_path_both_finish_and_the_file_loads(tmp_path: Path) -> None:
-    path = tmp_path / "c.pt"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = folder / "c.pt"
     writers = [_python(WRITER, str(path), str(value)) for value in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all((folder / f"ready-{value}").exists() for value in (1, 2)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (folder / "go").touch()
     for writer in writers:
         assert _finish(writer).strip() == "done"
     state = load_checkpoint(path)  # digest verified: one writer's state, whole
     assert state["step"] == 39 and state["writer"] in (1, 2)
     assert torch.equal(state["data"], torch.full((50_000,), float(state["writer"])))
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporaries left
+    assert sorted(p.name for p in folder.iterdir()) == ["c.pt", "go", "ready-1", "ready-2"]  # no temporaries
 
 
 def test_the_sweep_removes_only_temporaries_of_dead_writers_of_exactly_this_name(tmp_path: Path) -> None:
