@@ -25,11 +25,13 @@ from torch import Tensor, nn
 from gpex_gpytorch import GPEXModel
 from gpex_gpytorch.distributed import (
     DistributedDistiller,
+    DistributedStepError,
     ShardedCachedDeepKernel,
     ShardLayout,
     init_distributed,
     save_sharded_checkpoint,
 )
+from gpex_gpytorch.distributed.communication import collective_errors, is_communication_failure
 from gpex_gpytorch.distributed.process_group import group_timeout
 
 TIMEOUT_S = 3.0
@@ -93,10 +95,28 @@ def _scenario_killed_in_ddp_all_reduce(rank: int, world: int, folder: Path) -> d
     return {**result, "seconds": time.time() - torch.load(death)}
 
 
+def _scenario_killed_before_ddp_forward(rank: int, world: int, folder: Path) -> dict[str, Any]:
+    """The last rank dies at step 2 before its model forward: the others fail in DDP's bucket rebuild."""
+    dataset, ann = _distiller_data()
+    if rank == world - 1:
+        calls = [0]
+
+        def die_at_step_2(module: nn.Module, args: tuple[Any, ...]) -> None:
+            # ANN calls: the sample check, the inducing values, the evaluation batch, step 1, step 2.
+            calls[0] += 1
+            if calls[0] == 5:
+                os._exit(3)
+
+        ann.register_forward_pre_hook(die_at_step_2)
+    distiller = DistributedDistiller(ann, **_distiller_settings(3))
+    return _failure(lambda: distiller.fit(dataset))
+
+
 _SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
     "frozen_in_statistics": _scenario_frozen_in_statistics,
     "killed_at_checkpoint_barrier": _scenario_killed_at_checkpoint_barrier,
     "killed_in_ddp_all_reduce": _scenario_killed_in_ddp_all_reduce,
+    "killed_before_ddp_forward": _scenario_killed_before_ddp_forward,
 }
 
 
@@ -168,3 +188,24 @@ def test_a_rank_killed_in_ddp_all_reduce_gives_a_step_error(tmp_path: Path) -> N
     assert results[1] is None
     _assert_step_error(results[0])
     assert "step 1" in results[0]["message"]
+
+
+def test_a_rank_killed_before_ddps_forward_gives_a_step_error(tmp_path: Path) -> None:
+    results = _spawn("killed_before_ddp_forward", 2, tmp_path, survivors=[0])
+    assert results[1] is None
+    assert results[0]["error"] == "DistributedStepError", results[0]
+    assert "another rank died or did not answer" in results[0]["message"]
+
+
+def test_only_backend_failures_are_reported_as_step_errors() -> None:
+    gloo = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    assert is_communication_failure(gloo)
+    # A network's own error inside DDP's forward stays what it is.
+    assert not is_communication_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x6 and 5x16)"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2") as info:
+        with collective_errors("a forward", mixed=True):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x6 and 5x16)")
+    assert type(info.value) is RuntimeError
+    with pytest.raises(DistributedStepError, match="a forward failed - another rank died"):
+        with collective_errors("a forward", mixed=True):
+            raise gloo

@@ -16,6 +16,7 @@ __all__ = [
     "all_reduce_sum",
     "collective_errors",
     "counting_allreduce_hook",
+    "is_communication_failure",
 ]
 
 
@@ -53,8 +54,20 @@ def _describe(group: dist.ProcessGroup | None, what: str, error: BaseException) 
     )
 
 
+# Marks of the backends' own failures in a RuntimeError's text (gloo's C++ source path, c10d's
+# process-group errors, NCCL's), used where a block runs user code as well as collectives.
+_BACKEND_MARKS = ("gloo", "c10d", "ProcessGroup", "NCCL", "Connection reset by peer", "Connection closed by peer")
+
+
+def is_communication_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from a collective (a backend error) rather than from user code."""
+    if isinstance(error, (DistributedStepError, dist.DistBackendError)):
+        return True
+    return isinstance(error, RuntimeError) and any(mark in str(error) for mark in _BACKEND_MARKS)
+
+
 @contextmanager
-def collective_errors(what: str, group: dist.ProcessGroup | None = None) -> Iterator[None]:
+def collective_errors(what: str, group: dist.ProcessGroup | None = None, *, mixed: bool = False) -> Iterator[None]:
     """Turn a failure of the collectives run inside the block into :class:`DistributedStepError`.
 
     A peer that dies surfaces in many shapes (gloo's "Connection reset by peer", a timeout, DDP's
@@ -64,12 +77,16 @@ def collective_errors(what: str, group: dist.ProcessGroup | None = None) -> Iter
 
     :param what: what the block does, for the message ("the checkpoint barrier").
     :param group: the group it communicates on (for the rank in the message).
+    :param mixed: the block also runs user code (a network's forward): convert only errors that
+        :func:`is_communication_failure` recognises, re-raise the others unchanged.
     """
     try:
         yield
     except DistributedStepError:
         raise
     except (RuntimeError, dist.DistBackendError) as error:
+        if mixed and not is_communication_failure(error):
+            raise
         raise _describe(group, what, error) from error
 
 

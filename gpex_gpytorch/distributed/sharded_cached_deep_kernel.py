@@ -139,7 +139,10 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         ddp = self._data_parallel
         if ddp is None or not torch.is_grad_enabled():
             return super().embed(x)
-        features = ddp(x)
+        # DDP's forward starts with collectives of its own (the bucket rebuild after the first
+        # backward): a dead peer fails there, inside the same call as the network's forward.
+        with collective_errors("DistributedDataParallel's forward (bucket rebuild)", mixed=True):
+            features = ddp(x)
         h, d = self.num_heads, self.embedding_dim
         if isinstance(features, Tensor) and features.dim() == 2 and features.shape[1] == h * d:
             features = features.reshape(features.shape[0], h, d)
