@@ -396,7 +396,8 @@ ROWS: list[Row] = [
         TypeError, r"inputs: expected dtype torch.float32 \(the model's\), got torch.float64; convert with "
         r"\.to\(torch.float32\)", _model_state),
     Row(gp.GPEXModel, "predict: integer inputs", lambda fx: fx.model.predict(torch.ones(2, F, dtype=torch.long)),
-        TypeError, r"inputs: expected dtype torch.float32 \(the model's\), got torch.int64", _model_state),
+        TypeError, r"inputs: the kernel network failed on inputs of dtype torch.int64; expected dtype torch.float32 "
+        r"\(the model's\), convert with \.to\(torch.float32\)", _model_state),
     Row(gp.GPEXModel, "predict: empty batch", lambda fx: fx.model.predict(fx.x[:0]),
         ValueError, r"inputs: expected a non-empty batch .*got shape \(0, 4\)", _model_state),
     Row(gp.GPEXModel, "predict: inf in one row",
@@ -491,7 +492,8 @@ ROWS: list[Row] = [
         TypeError, r"mix: expected True or False, got str 'yes'"),
     Row(dl.Distiller, "fit: int64 inputs",
         lambda fx: _small(fx).fit(TensorDataset(torch.ones(M, F, dtype=torch.long))),
-        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.int64",
+        TypeError, r"train_dataset \(inputs\): the ann failed on inputs of dtype torch.int64; expected dtype "
+        r"torch.float32 \(the model's\)",
         lambda fx: _buffers(fx.ann)),
     Row(dl.Distiller, "fit: float16 inputs", lambda fx: _small(fx).fit(TensorDataset(fx.x.half())),
         TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.float16"),
@@ -504,7 +506,8 @@ ROWS: list[Row] = [
     Row(dl.Distiller, "fit: inducing set of another width",
         lambda fx: _small(fx).fit(fx.dataset, TensorDataset(torch.randn(M, F + 1))),
         ValueError,
-        rf"inducing_dataset: expected inputs of shape \({F},\) \(as train_dataset's\), got \({F + 1},\)"),
+        rf"inducing_dataset: expected inputs of shape \({F},\) and dtype torch.float32 \(as train_dataset's\), "
+        rf"got \({F + 1},\) and torch.float32"),
     Row(dl.Distiller, "fit: ann with 0 outputs", lambda fx: _small(fx, ann=nn.Linear(F, 0)).fit(fx.dataset),
         ValueError, r"ann: expected at least one output column \(one GP per column\), got shape \(2, 0\)"),
     Row(dl.Distiller, "fit: resume from a checkpoint missing keys",

@@ -267,3 +267,23 @@ def test_predict_returns_exact_variances_below_gpytorchs_floor_without_a_warning
     exact = cov.diagonal(dim1=-2, dim2=-1).T
     assert float(exact.max()) < 1e-7  # far below the floor
     torch.testing.assert_close(variance.double(), exact, rtol=1e-4, atol=0)
+
+
+def test_predict_takes_integer_token_ids_for_a_network_that_embeds_them() -> None:
+    # The dtype policy rejects floating data of another precision, not token ids.
+    torch.manual_seed(0)
+    h, m, d, vocabulary = 2, 12, 3, 20
+    net = nn.Embedding(vocabulary, h * d)
+    kernel = CachedDeepKernel(net, m, h, d)
+    tokens = torch.randperm(vocabulary)[:m]
+    kernel.fill(tokens, progress=False)
+    values = torch.randn(m, h)
+    model = GPEXModel(kernel, values, noise=0.5)
+    queries = torch.tensor([3, 7, 7])
+    mean, variance = model.predict(queries)
+    with torch.no_grad():
+        u_train = _embed(copy.deepcopy(net).double(), tokens, h)
+        u_test = _embed(copy.deepcopy(net).double(), queries, h)
+        expected_mean, cov = _dense_posterior(u_train, values.double(), u_test, 0.5)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(variance.double(), cov.diagonal(dim1=-2, dim2=-1).T, rtol=1e-4, atol=1e-6)

@@ -322,16 +322,25 @@ class Distiller:
         """Check the data against the ANN (dtype, finiteness, widths) on a sample; return the number of heads."""
         sample = take_inputs(dataset, torch.arange(min(2, dataset_length(dataset, "train_dataset"))))
         dtype = module_dtype(self.ann)
-        check_input_data("train_dataset (inputs)", sample, dtype=dtype)
+        check_input_data("train_dataset (inputs)", sample, dtype=dtype, integer_ok=True)
         if inducing_dataset is not None and inducing_dataset is not dataset:
             other = take_inputs(inducing_dataset, torch.arange(1))
-            if other.shape[1:] != sample.shape[1:]:
+            if other.shape[1:] != sample.shape[1:] or other.dtype != sample.dtype:
                 raise ValueError(
-                    f"inducing_dataset: expected inputs of shape {tuple(sample.shape[1:])} (as train_dataset's), "
-                    f"got {tuple(other.shape[1:])}"
+                    f"inducing_dataset: expected inputs of shape {tuple(sample.shape[1:])} and dtype {sample.dtype} "
+                    f"(as train_dataset's), got {tuple(other.shape[1:])} and {other.dtype}"
                 )
-            check_input_data("inducing_dataset (inputs)", other, dtype=dtype)
-        return self._ann_outputs(sample.to(device)).shape[1]
+            check_input_data("inducing_dataset (inputs)", other, dtype=dtype, integer_ok=True)
+        try:
+            return self._ann_outputs(sample.to(device)).shape[1]
+        except RuntimeError as error:
+            if sample.is_floating_point():
+                raise
+            # Integer inputs are allowed for networks that take token ids; this one does not.
+            raise TypeError(
+                f"train_dataset (inputs): the ann failed on inputs of dtype {sample.dtype}; expected dtype {dtype} "
+                f"(the model's), convert with .to({dtype}) ({error})"
+            ) from error
 
     def _kernel_network(self, input_shape: torch.Size, num_heads: int, device: torch.device) -> nn.Module:
         if self.kernel_network is not None:

@@ -100,13 +100,21 @@ class GPEXModel(ApproximateGP):
             device (checked with :func:`~gpex_gpytorch.utils.check_input_data`).
         """
         kernel = self.covar_module
-        check_input_data(
-            "inputs", inputs, dtype=module_dtype(kernel.feature_extractor), device=kernel.embeddings.device
-        )
+        dtype = module_dtype(kernel.feature_extractor)
+        check_input_data("inputs", inputs, dtype=dtype, device=kernel.embeddings.device, integer_ok=True)
         was_training = self.training
         self.eval()
         try:
-            output = self(inputs)
+            try:
+                output = self(inputs)
+            except RuntimeError as error:
+                if inputs.is_floating_point():
+                    raise
+                # Integer inputs are allowed for networks that take token ids; this one does not.
+                raise TypeError(
+                    f"inputs: the kernel network failed on inputs of dtype {inputs.dtype}; expected dtype {dtype} "
+                    f"(the model's), convert with .to({dtype}) ({error})"
+                ) from error
             # The root-based diagonal is exact and non-negative; gpytorch's floor would replace
             # small variances by min_variance (and warn of "negative variances").
             with gpytorch.settings.min_variance(0.0, 0.0, 0.0):

@@ -132,15 +132,18 @@ def check_input_data(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    integer_ok: bool = False,
 ) -> Tensor:
     """The shared check of data at public entry points (model ``predict``, ``Distiller.fit``, explainers).
 
     Policy (``docs/numerics.md``): a batch of inputs must be a non-empty tensor on ``device`` of
-    exactly the model's floating-point ``dtype`` — other dtypes (float64 from numpy or
-    scikit-learn, integers, float16) are rejected naming the dtype and the conversion, never cast
+    exactly the model's floating-point ``dtype`` — other floating dtypes (float64 from numpy or
+    scikit-learn, float16) are rejected naming the dtype and the conversion, never cast
     silently — and finite: a NaN or inf is rejected naming the first bad rows, at O(N) cost.
 
     :param dtype: the model's dtype (e.g. :func:`module_dtype` of its network); ``None``: any floating dtype.
+    :param integer_ok: also let integer inputs through (token ids for a network that starts with
+        an embedding); the caller then names the dtype if the network fails on them.
     """
     check_tensor(name, value, device=None if device is None else torch.device(device))
     assert isinstance(value, Tensor)
@@ -149,6 +152,8 @@ def check_input_data(
         raise ValueError(
             f"{name}: expected a non-empty batch (N >= 1 along dimension 0), got shape {tuple(value.shape)}"
         )
+    if integer_ok and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool:
+        return value
     if not value.is_floating_point() or (dtype is not None and value.dtype != dtype):
         wanted = "a floating-point dtype" if dtype is None else f"dtype {dtype} (the model's)"
         fix = "" if dtype is None else f"; convert with .to({dtype})"
