@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from gpex_gpytorch.distillation import (
     predict_gp_and_ann,
     save_checkpoint,
 )
+from gpex_gpytorch.distillation.checkpointing import _host
 from gpex_gpytorch.explain import StaleCacheWarning, check_cache_fresh
 
 
@@ -206,8 +208,11 @@ def test_bad_input_is_named(digits) -> None:
 
 
 def test_a_save_sweeps_temporaries_left_by_a_killed_writer(tmp_path: Path) -> None:
+    # The temporary's name says which writer (host, pid) made it; this one's writer is gone.
+    killed = subprocess.Popen(["true"])
+    killed.wait()
     path = tmp_path / "c.pt"
-    (tmp_path / ".c.pt.abc123.tmp").write_bytes(b"torn")
-    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"not ours")
+    (tmp_path / f".c.pt.{_host()}.{killed.pid}.abc123.tmp").write_bytes(b"torn")
+    (tmp_path / f".other.pt.{_host()}.{killed.pid}.abc123.tmp").write_bytes(b"not ours")
     save_checkpoint(path, {"format": "x"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "c.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.pt.{_host()}.{killed.pid}.abc123.tmp", "c.pt"]

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 
@@ -32,8 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--checkpoint", type=Path, required=True, help="the folder written by `gpex demo --out`")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--num-test", type=int, default=8, help="test digits per grid (default 8)")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per test digit (default 10)")
+    parser.add_argument("--num-test", type=integer_at_least(1), default=8, help="test digits per grid (default 8)")
+    parser.add_argument("--k", type=integer_at_least(1), default=10, help="neighbours per test digit (default 10)")
     parser.add_argument(
         "--metric",
         choices=SIMILARITY_METRICS,
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         ann, model, train, test = load_demo(args.checkpoint)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # a missing or corrupted demo folder
         print(f"gpex explain: error: {error}", file=sys.stderr)
         return 2
     if model.covar_module.num_inducing != len(train):

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 MASK_LAYERS = ("features.0", "features.2", "features.5", "penultimate.1")
@@ -44,10 +46,18 @@ GP_SUBMODULE = "classifier"
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex pathways`` options to ``parser``."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the CNN and the generator (default 0)")
-    parser.add_argument("--width", type=int, default=1024, help="width of the CNN's penultimate layer (default 1024)")
-    parser.add_argument("--cnn-epochs", type=int, default=15, help="training epochs of the CNN (default 15)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each generator (default 30)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the split, the CNN and the generator (default 0)"
+    )
+    parser.add_argument(
+        "--width", type=integer_at_least(1), default=1024, help="width of the CNN's penultimate layer (default 1024)"
+    )
+    parser.add_argument(
+        "--cnn-epochs", type=integer_at_least(1), default=15, help="training epochs of the CNN (default 15)"
+    )
+    parser.add_argument(
+        "--epochs", type=integer_at_least(1), default=30, help="training epochs of each generator (default 30)"
+    )
     parser.add_argument(
         "--sparsity-weights",
         type=str,
@@ -61,17 +71,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also train, at the main sparsity weight, the generator without the faithfulness gate, without the "
         "class-relevance term, with the prototype term, without class conditioning and with soft masks only",
     )
-    parser.add_argument("--permutations", type=int, default=199, help="Mantel permutations (default 199)")
+    parser.add_argument(
+        "--permutations", type=integer_at_least(0), default=199, help="Mantel permutations (default 199)"
+    )
     parser.add_argument(
         "--gp-steps",
-        type=int,
+        type=integer_at_least(0),
         default=0,
         help="distil a GPEX model of the classifier head for this many steps and measure how much of its "
         "explanation survives each pathway (default 0: skip)",
     )
-    parser.add_argument("--gp-neighbours", type=int, default=10, help="kernel neighbours compared (default 10)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads for this run (default 0: leave torch's setting)"
+        "--gp-neighbours", type=integer_at_least(1), default=10, help="kernel neighbours compared (default 10)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer_at_least(0),
+        default=0,
+        help="torch intra-op threads for this run (default 0: leave torch's setting)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 

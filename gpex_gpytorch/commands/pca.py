@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 SPATIAL_CHOICES = ("positions", "pooled", "flatten")
@@ -32,9 +34,13 @@ GRID_SAMPLINGS = ("quantile", "top", "nearest")
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex pca`` options to ``parser``."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split and the training (default 0)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--width", type=int, default=1024, help="width of the penultimate layer (default 1024)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the data split and the training (default 0)"
+    )
+    parser.add_argument("--epochs", type=integer_at_least(1), default=8, help="training epochs (default 8)")
+    parser.add_argument(
+        "--width", type=integer_at_least(1), default=1024, help="width of the penultimate layer (default 1024)"
+    )
     parser.add_argument(
         "--conv-spatial",
         choices=SPATIAL_CHOICES,
@@ -43,10 +49,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "or the whole map as one vector (flatten); default positions",
     )
     parser.add_argument(
-        "--ablation-points", type=int, default=25, help="values of k per ablation curve (log-spaced, default 25)"
+        "--ablation-points",
+        type=integer_at_least(2),
+        default=25,
+        help="values of k per ablation curve (log-spaced, default 25)",
     )
-    parser.add_argument("--grid-directions", type=int, default=8, help="PCs / neurons per image grid (default 8)")
-    parser.add_argument("--grid-points", type=int, default=8, help="points along each direction (default 8)")
+    parser.add_argument(
+        "--grid-directions", type=integer_at_least(1), default=8, help="PCs / neurons per image grid (default 8)"
+    )
+    parser.add_argument(
+        "--grid-points", type=integer_at_least(1), default=8, help="points along each direction (default 8)"
+    )
     parser.add_argument(
         "--metric-directions",
         type=int,
@@ -58,13 +71,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-examples",
-        type=int,
+        type=integer_at_least(0),
         default=0,
         help="use only the first N examples of each split (0, the default: all; for quick runs)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer_at_least(0),
         default=1,
         help="torch CPU threads for this run (default 1: on a small, shared machine more threads "
         "oversubscribe the cores and run several times slower; 0 keeps torch's setting)",

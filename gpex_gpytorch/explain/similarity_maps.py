@@ -184,9 +184,7 @@ def similarity_maps(
     chosen = chosen.to(device)
     rows = torch.arange(n, device=device)
     sx, spatial_x = _per_position(network.spatial_features(inputs.to(device)), num_heads, dim)
-    sn, spatial_n = _per_position(
-        network.spatial_features(neighbour_inputs.to(device).flatten(0, 1)), num_heads, dim
-    )
+    sn, spatial_n = _per_position(network.spatial_features(neighbour_inputs.to(device).flatten(0, 1)), num_heads, dim)
     # The protocol check: pooled per-position embeddings must be the kernel's own embedding.
     pooled, embedded = sx.mean(-1), kernel.embed(inputs.to(device)).transpose(0, 1)  # (N, H, D) each
     scale = embedded.abs().max().clamp_min(1e-12)

@@ -98,9 +98,7 @@ class SubmoduleExplainer:
     # ------------------------------------------------------------------ fitting
     def capture(self, loader: Iterable[Any], *, max_samples: int | None = None) -> CapturedActivations:
         """The sub-module's inputs and outputs over ``loader`` (see :func:`capture_submodule`)."""
-        return capture_submodule(
-            self.pipeline, self.name, loader, forward_fn=self.forward_fn, max_samples=max_samples
-        )
+        return capture_submodule(self.pipeline, self.name, loader, forward_fn=self.forward_fn, max_samples=max_samples)
 
     def fit(self, loader: Iterable[Any]) -> SubmoduleExplainer:
         """Capture the sub-module on ``loader`` and distil it. Returns ``self``."""
