@@ -319,9 +319,11 @@ def test_gp_survival_against_brute_force():
         rows = torch.arange(30)
         a, b = kernel.embed(full)[heads, rows].double(), kernel.embed(masked)[heads, rows].double()
         cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-        u = kernel.embed(inducing).double()  # (H, M, D)
-        top_full = torch.einsum("nd,nmd->nm", a, u[heads]).topk(5, dim=1).indices
-        top_masked = torch.einsum("nd,nmd->nm", b, u[heads]).topk(5, dim=1).indices
+        # Neighbours by kernel correlation (the default metric): cosines of the embeddings.
+        u = torch.nn.functional.normalize(kernel.embed(inducing).double(), dim=-1)  # (H, M, D)
+        a_unit, b_unit = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        top_full = torch.einsum("nd,nmd->nm", a_unit, u[heads]).topk(5, dim=1).indices
+        top_masked = torch.einsum("nd,nmd->nm", b_unit, u[heads]).topk(5, dim=1).indices
         overlap = [len(set(f.tolist()) & set(m.tolist())) / 5 for f, m in zip(top_full, top_masked, strict=True)]
         kept = (gp.predict(masked)[0].argmax(1) == heads).double().mean()
     assert result.embedding_cosine == pytest.approx(float(cosine.mean()), abs=1e-6)

@@ -13,14 +13,16 @@ from gpex_gpytorch.explain.principal_components import (
     LayerPCA,
     StreamingPCA,
     direction_grid,
-    direction_scores,
     interpretability_summary,
-    label_entropy,
-    label_purity,
     nearest_along_direction,
     pc_vs_neuron_grids,
-    quantile_along_direction,
     row_interpretability,
+)
+from gpex_gpytorch.explain.principal_components.interpretability import (
+    direction_scores,
+    label_entropy,
+    label_purity,
+    quantile_along_direction,
     spearman,
 )
 
