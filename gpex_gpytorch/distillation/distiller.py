@@ -324,7 +324,8 @@ class Distiller:
         rows = torch.randperm(kernel.embeddings.shape[1], generator=generator)[:4096].to(kernel.embeddings.device)
         before = kernel.embeddings[:, rows].to(torch.float64)
         start = time.perf_counter()
-        kernel.fill(batches, progress=self.progress)
+        # In place: a cache too large to hold twice must still refresh (a failure raises from fit anyway).
+        kernel.fill(batches, progress=self.progress, staged=False)
         seconds = time.perf_counter() - start
         after = kernel.embeddings[:, rows].to(torch.float64)
         norm = torch.linalg.vector_norm(after).clamp_min(1e-300)
@@ -426,9 +427,10 @@ class Distiller:
         generator = torch.Generator().manual_seed(self.seed)
         if checkpoint is None:
             values = self._inducing_values(inducing_dataset, device)
-            kernel.fill(
+            kernel.fill(  # a new cache has nothing to protect: no staging copy
                 (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
                 progress=self.progress,
+                staged=False,
             )
         else:
             self._check_checkpoint(checkpoint, num_inducing, num_heads)

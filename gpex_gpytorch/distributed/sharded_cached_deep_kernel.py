@@ -241,6 +241,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         *,
         batch_size: int = 1024,
         progress: bool = False,
+        staged: bool = True,
     ) -> None:
         """Compute this rank's rows in order (the initial sweep), then the global statistics (collective).
 
@@ -248,6 +249,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             iterable of batches of this rank's inputs in index order.
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
         :param progress: unused (kept for the signature of :meth:`CachedDeepKernel.fill`).
+        :param staged: as in :meth:`CachedDeepKernel.fill` (``False``: rows written in place, no second copy).
         """
         local = self.num_local_inducing
         if isinstance(inputs, Tensor):
@@ -262,7 +264,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         else:
             batches = inputs
         # Staged as in CachedDeepKernel.fill: a failure on this rank leaves its rows unchanged.
-        staging = torch.empty_like(self.embeddings)  # shape: (H, M_r, D)
+        staging = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M_r, D)
         start = 0
         complete = False
         try:
@@ -279,7 +281,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
                 raise ValueError(f"inputs: yielded {start} rows, expected rank {self.rank}'s {local}")
             complete = True
         finally:
-            if complete:
+            if complete and staged:
                 self.embeddings.copy_(staging)
             # Every rank reaches this collective, even one that failed above.
             self.recompute_statistics()

@@ -128,7 +128,7 @@ class DistributedDistiller(Distiller):
             values = torch.cat([self._ann_outputs(take_inputs(inducing_dataset, r).to(device)).float() for r in rows])
             if not bool(torch.isfinite(values).all()):
                 raise FloatingPointError(f"ann: non-finite outputs on inducing_dataset rows of rank {kernel.rank}")
-            kernel.fill(take_inputs(inducing_dataset, r).to(device) for r in rows)
+            kernel.fill((take_inputs(inducing_dataset, r).to(device) for r in rows), staged=False)
         else:
             self._check_checkpoint(checkpoint.extra, num_inducing, num_heads, _SHARDED_EXTRA_KEYS)
             values = checkpoint.model_state["variational_strategy.kernel.inducing_values"]

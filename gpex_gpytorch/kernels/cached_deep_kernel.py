@@ -236,22 +236,29 @@ class CachedDeepKernel(Kernel):
         *,
         batch_size: int = 1024,
         progress: bool = True,
+        staged: bool = True,
     ) -> None:
         """Compute every row of the cache, in order, without gradient (the initial sweep).
 
-        All or nothing: the rows are computed into a staging copy and committed, with ``G`` and
-        ``b`` recomputed, only once all ``M`` rows are in and finite (after rounding to
-        ``embedding_dtype``). A failure — a NaN or an overflow in any batch, an iterable yielding
-        too few or too many rows, the kernel network raising — leaves the cache and its
-        statistics exactly as they were. The staging copy needs as much memory as the cache for
-        the duration of the call.
+        With ``staged=True`` (the default) it is all or nothing: the rows are computed into a
+        staging copy and committed, with ``G`` and ``b`` recomputed, only once all ``M`` rows are in
+        and finite (after rounding to ``embedding_dtype``). A failure — a NaN or an overflow in any
+        batch, an iterable yielding too few or too many rows, the kernel network raising — leaves
+        the cache and its statistics exactly as they were. The staging copy needs as much memory
+        as the cache for the duration of the call. With ``staged=False`` rows are written in place
+        (no second copy, for caches too large to hold twice); after a failure the rows before the
+        failing batch hold the new embeddings, the others are unchanged, and ``G`` and ``b`` are
+        recomputed to match what is stored.
 
         :param inputs: all ``M`` inducing inputs as one tensor, or an iterable of batches of them in
             index order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
+        :param staged: all-or-nothing through a staging copy (see above).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if not isinstance(staged, bool):
+            raise TypeError(f"staged: expected a bool, got {type(staged).__name__}")
         if isinstance(inputs, Tensor):
             if inputs.dim() == 0 or inputs.shape[0] != self.num_inducing:
                 raise ValueError(
@@ -263,22 +270,28 @@ class CachedDeepKernel(Kernel):
             total: int | None = -(-self.num_inducing // batch_size)
         else:
             batches, total = inputs, None
-        staging = torch.empty_like(self.embeddings)  # shape: (H, M, D)
+        target = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M, D)
         start = 0
-        for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
-            self._check_device(f"inputs[{start}:]", batch)
-            new = self.embed(batch)
-            stop = start + new.shape[1]
-            if stop > self.num_inducing:
-                raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
-            rows = torch.arange(start, stop)
-            name = f"inputs[{start}:{stop}]"
-            check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
-            staging[:, start:stop] = self._stored(name, new, rows)
-            start = stop
-        if start != self.num_inducing:
-            raise ValueError(f"inputs: yielded {start} rows, expected num_inducing={self.num_inducing}")
-        self.embeddings.copy_(staging)
+        try:
+            for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
+                self._check_device(f"inputs[{start}:]", batch)
+                new = self.embed(batch)
+                stop = start + new.shape[1]
+                if stop > self.num_inducing:
+                    raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
+                rows = torch.arange(start, stop)
+                name = f"inputs[{start}:{stop}]"
+                check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
+                target[:, start:stop] = self._stored(name, new, rows)
+                start = stop
+            if start != self.num_inducing:
+                raise ValueError(f"inputs: yielded {start} rows, expected num_inducing={self.num_inducing}")
+        except BaseException:
+            if not staged:  # keep G and b consistent with the rows now stored
+                self.recompute_statistics()
+            raise
+        if staged:
+            self.embeddings.copy_(target)
         self.recompute_statistics()
 
     @torch.no_grad()
