@@ -31,6 +31,7 @@ from .kernel_similarity import (
     DEFAULT_METRIC,
     check_metric,
     check_positive_int,
+    check_queries,
     choose_heads,
     embed_queries,
     similarity_matrix,
@@ -153,12 +154,9 @@ def kernel_similarities(
     :param chunk_size: inducing rows scored at a time.
     :returns: ``(similarities (T, M), heads (T,))``.
     """
-    kernel = model.covar_module
     metric = check_metric(metric)
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    check_tensor("inputs", inputs, device=kernel.embeddings.device)
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs: expected a non-empty batch, got shape {tuple(inputs.shape)}")
+    check_queries(model, inputs)
     n = inputs.shape[0]
     mean = model.predict(inputs)[0] if isinstance(heads, str) else None
     chosen = choose_heads(model, mean, heads, n)
