@@ -33,47 +33,56 @@ from gpex_gpytorch import ANNMatchingELBO, CachedDeepKernel, GPEXModel
 HEADS, DIM, BATCH, FRESH, REFRESH, INPUT = 10, 64, 256, 256, 256, 32
 
 
-def _network(seed: int) -> nn.Module:
+def _network(seed: int, device: torch.device) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(INPUT, 256), nn.ReLU(), nn.Linear(256, HEADS * DIM))
+    return nn.Sequential(nn.Linear(INPUT, 256), nn.ReLU(), nn.Linear(256, HEADS * DIM)).to(device)
 
 
-def build_gpex_step(m: int, seed: int = 0) -> Callable[[], None]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_gpex_step(m: int, seed: int = 0, device: str | torch.device = "cpu") -> Callable[[], None]:
     """One GPEX step at M = ``m`` (the cache filled with random rows: the set-up is not timed)."""
-    net = _network(seed)
-    kernel = CachedDeepKernel(net, m, HEADS, DIM)
+    device = torch.device(device)
+    net = _network(seed, device)
+    kernel = CachedDeepKernel(net, m, HEADS, DIM, device=device, force_allocation=True)
     kernel.embeddings.normal_()
     kernel.recompute_statistics()
-    model = GPEXModel(kernel, torch.randn(m, HEADS))
+    model = GPEXModel(kernel, torch.randn(m, HEADS, device=device))
     mll = ANNMatchingELBO(None, model, num_data=m, detach_variance=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    inducing = torch.randn(4096, INPUT, generator=generator)  # inputs of the rows touched (values do not matter)
+    # Inputs of the rows touched (their values do not matter).
+    inducing = torch.randn(4096, INPUT, generator=generator).to(device)
 
     def step() -> None:
-        x = torch.randn(BATCH, INPUT, generator=generator)
+        x = torch.randn(BATCH, INPUT, generator=generator).to(device)
         # O(FRESH) draws (a randperm of M would itself cost O(M) per step).
-        fresh = torch.randint(m, (FRESH,), generator=generator).unique()
+        fresh = torch.randint(m, (FRESH,), generator=generator).unique().to(device)
         output = model(x, fresh_indices=fresh, fresh_inputs=inducing[: fresh.numel()])
-        loss = -mll(output, torch.randn(BATCH, HEADS, generator=generator))
+        loss = -mll(output, torch.randn(BATCH, HEADS, generator=generator).to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        rows = torch.randint(m, (REFRESH,), generator=generator).unique()
+        rows = torch.randint(m, (REFRESH,), generator=generator).unique().to(device)
         kernel.refresh(rows, inducing[: rows.numel()])
+        _sync(device)
 
     return step
 
 
-def build_floor_step(seed: int = 0) -> Callable[[], None]:
+def build_floor_step(seed: int = 0, device: str | torch.device = "cpu") -> Callable[[], None]:
     """The kernel network's own work in one step, with no GP."""
-    net = _network(seed)
+    device = torch.device(device)
+    net = _network(seed, device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    inducing = torch.randn(4096, INPUT, generator=generator)
+    inducing = torch.randn(4096, INPUT, generator=generator).to(device)
 
     def step() -> None:
-        x = torch.randn(BATCH, INPUT, generator=generator)
+        x = torch.randn(BATCH, INPUT, generator=generator).to(device)
         out = net(torch.cat([x, inducing[:FRESH]]))
         loss = out.square().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -81,13 +90,15 @@ def build_floor_step(seed: int = 0) -> Callable[[], None]:
         optimizer.step()
         with torch.no_grad():
             net(inducing[:REFRESH])
+        _sync(device)
 
     return step
 
 
-def measure(sizes: list[int], steps: int) -> dict:
-    floor = build_floor_step()
-    gpex = {m: build_gpex_step(m) for m in sizes}
+def measure(sizes: list[int], steps: int, device: str | torch.device = "cpu") -> dict:
+    """Interleaved medians of the floor and of a GPEX step at each M, and their ratios."""
+    floor = build_floor_step(device=device)
+    gpex = {m: build_gpex_step(m, device=device) for m in sizes}
     for fn in (floor, *gpex.values()):
         fn()  # warm-up
     times: dict[str, list[float]] = {"floor": [], **{str(m): [] for m in sizes}}
@@ -102,6 +113,7 @@ def measure(sizes: list[int], steps: int) -> dict:
         "median_step_s": {m: medians[str(m)] for m in sizes},
         "step_over_floor": {m: medians[str(m)] / medians["floor"] for m in sizes},
         "steps": steps,
+        "device": str(device),
     }
 
 
