@@ -1,7 +1,9 @@
 """Explanations through the GPs' kernels: neighbours, maps, uncertainty, and neighbouring explainers."""
 
+from .error_detection import ErrorDetectionReport, ScoreDetection, error_detection_report
 from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
 from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
+from .map_deletion import DeletionCurves, deletion_curves, gradient_input_scores, map_pixel_scores, random_ink_scores
 from .nearest_neighbours import Neighbours, nearest_neighbours
 from .report import render_report, write_report
 from .similarity_maps import (
@@ -13,29 +15,46 @@ from .similarity_maps import (
 )
 from .submodule_capture import CapturedActivations, capture_submodule, resolve_submodule, run_pipeline
 from .submodule_explainer import FlattenedOutput, SubmoduleExplainer
-from .uncertainty import UncertaintyReport, misclassification_auroc, posterior_variance, variance_auroc
+from .uncertainty import (
+    UncertaintyReport,
+    argmax_change_log_probability,
+    error_scores,
+    misclassification_auroc,
+    posterior_variance,
+    variance_auroc,
+)
 
 __all__ = [
     "CapturedActivations",
+    "DeletionCurves",
+    "ErrorDetectionReport",
     "FlattenedOutput",
     "Neighbours",
     "PipelineComparison",
     "PooledSpatialKernelNetwork",
     "ReviewRanking",
+    "ScoreDetection",
     "SimilarityMaps",
     "SpatialKernelNetwork",
     "SubmoduleExplainer",
     "UncertaintyReport",
+    "argmax_change_log_probability",
     "capture_submodule",
     "compare_pipeline",
+    "deletion_curves",
+    "error_detection_report",
+    "error_scores",
     "gp_replacement",
+    "gradient_input_scores",
     "label_review",
     "label_self_scores",
+    "map_pixel_scores",
     "misclassification_auroc",
     "nearest_neighbours",
     "neighbour_similarity_maps",
     "plot_review",
     "posterior_variance",
+    "random_ink_scores",
     "render_report",
     "resolve_submodule",
     "run_pipeline",

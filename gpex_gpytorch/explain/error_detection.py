@@ -32,7 +32,7 @@ def _check_pair(scores: Tensor, errors: Tensor, name: str = "scores") -> tuple[T
     scores = scores.flatten().cpu()
     if scores.shape != errors.shape:
         raise ValueError(
-            f"{name}: expected shape {tuple(errors.shape)} (one score per example), got {tuple(scores.shape)}"
+            f"{name}: expected shape {tuple(errors.shape)}, got {tuple(scores.shape)} (one score per example)"
         )
     return scores.double(), errors
 
