@@ -15,7 +15,9 @@ background) and the kernel similarity to the other side is recomputed:
   image: ``similarity_maps(..., baseline=blank)``), by gradient×input of the
   similarity w.r.t. the test digit, or randomly among its ink pixels (``--random-draws`` seeded
   draws, averaged);
-* neighbour side: the same on the neighbour, with its neighbour map.
+* neighbour side: the same on the neighbour, with its neighbour map;
+* each map also restricted to the ink first (``ink_first``: its own order among the ink pixels,
+  then the background), the fair comparison with random-ink, which knows where the ink is too.
 
 Reported: mean relative similarity s(q)/s(0) per fraction, the area under it (lower = the ranking
 finds what the similarity rests on), and paired bootstrap 95 % intervals (over test digits) for
@@ -48,13 +50,15 @@ from gpex_gpytorch.explain.map_deletion import (
     DeletionCurves,
     deletion_curves,
     gradient_input_scores,
+    ink_first,
     map_pixel_scores,
     random_ink_scores,
 )
 from gpex_gpytorch.models.classifier_training import fit_classifier
 
 FRACTIONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
-MAPS = ("map", "map_vs_blank")  # plain maps; maps relative to a blank (all-zero) image
+# Plain maps, maps relative to a blank (all-zero) image, and each restricted to the ink first.
+MAPS = ("map", "map_vs_blank", "map_ink_first", "map_vs_blank_ink_first")
 
 
 class AddCoordinates(nn.Module):
@@ -100,6 +104,7 @@ def _side(
 ) -> dict[str, DeletionCurves | list[DeletionCurves]]:
     spatial = tuple(deleted.shape[2:])
     rankings = {name: map_pixel_scores(m, spatial) for name, m in maps.items()}
+    rankings.update({f"{name}_ink_first": ink_first(r, deleted) for name, r in list(rankings.items())})
     rankings["gradient_x_input"] = gradient_input_scores(model, deleted, kept, heads)
     out: dict[str, DeletionCurves | list[DeletionCurves]] = {
         name: deletion_curves(model, deleted, kept, heads, scores, fractions=FRACTIONS)
@@ -144,7 +149,14 @@ def plot_curves(sides: dict[str, dict[str, object]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    styles = {"map": "-o", "map_vs_blank": "-D", "gradient_x_input": "-s", "random_ink": "--^"}
+    styles = {
+        "map": "-o",
+        "map_vs_blank": "-D",
+        "map_ink_first": ":o",
+        "map_vs_blank_ink_first": ":D",
+        "gradient_x_input": "-s",
+        "random_ink": "--^",
+    }
     for ax, (side, summary) in zip(axes, sides.items(), strict=True):
         for name, rel in summary["_relative"].items():  # type: ignore[union-attr]
             mean = rel.mean(0)

@@ -12,6 +12,7 @@ from gpex_gpytorch.explain import PooledSpatialKernelNetwork, nearest_neighbours
 from gpex_gpytorch.explain.map_deletion import (
     deletion_curves,
     gradient_input_scores,
+    ink_first,
     map_pixel_scores,
     random_ink_scores,
 )
@@ -93,6 +94,12 @@ def test_gradient_input_and_random_ink_scores() -> None:
     ink = images[:, 0] != 0
     for i in range(2):  # every ink pixel is deleted before any background pixel
         assert a[i][ink[i]].min() > a[i][~ink[i]].max()
+    ranking = torch.randn(2, 4, 4, generator=generator)
+    first = ink_first(ranking, images)
+    for i in range(2):  # ink ahead of background; within each group, the ranking's own order
+        assert first[i][ink[i]].min() > first[i][~ink[i]].max()
+        for group in (ink[i], ~ink[i]):
+            assert torch.equal(first[i][group].argsort(), ranking[i][group].argsort())
     maps = torch.arange(8.0).reshape(2, 2, 2)
     up = map_pixel_scores(maps, (4, 4))
     assert up.shape == (2, 4, 4) and up[1, 2:, :2].eq(6.0).all() and up[0, :2, 2:].eq(1.0).all()

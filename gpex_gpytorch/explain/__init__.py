@@ -3,7 +3,14 @@
 from .error_detection import ErrorDetectionReport, ScoreDetection, error_detection_report
 from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
 from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
-from .map_deletion import DeletionCurves, deletion_curves, gradient_input_scores, map_pixel_scores, random_ink_scores
+from .map_deletion import (
+    DeletionCurves,
+    deletion_curves,
+    gradient_input_scores,
+    ink_first,
+    map_pixel_scores,
+    random_ink_scores,
+)
 from .nearest_neighbours import Neighbours, nearest_neighbours
 from .report import render_report, write_report
 from .similarity_maps import (
@@ -46,6 +53,7 @@ __all__ = [
     "error_scores",
     "gp_replacement",
     "gradient_input_scores",
+    "ink_first",
     "label_review",
     "label_self_scores",
     "map_pixel_scores",

@@ -19,7 +19,10 @@ baselines at the same :math:`q`:
   baseline a map must beat *just* to show it knows where the ink is;
 * :func:`gradient_input_scores` — gradient × (input − background) of the similarity, summed over
   channels: the first-order estimate of what deleting each pixel does;
-* :func:`map_pixel_scores` — a similarity map, brought to pixel resolution.
+* :func:`map_pixel_scores` — a similarity map, brought to pixel resolution;
+* :func:`ink_first` — any ranking restricted to the ink first (its order among the ink pixels,
+  then among the background): compared with random-ink, it asks whether the ranking orders the ink
+  better than chance, given the same knowledge of where the ink is.
 
 A deleted pixel is a spatial position: every channel there is set to the background. Pixels are
 taken in descending score order, ties in index order (a stable sort); the number deleted at
@@ -43,6 +46,7 @@ __all__ = [
     "DeletionCurves",
     "deletion_curves",
     "gradient_input_scores",
+    "ink_first",
     "map_pixel_scores",
     "random_ink_scores",
 ]
@@ -209,17 +213,32 @@ def map_pixel_scores(maps: Tensor, spatial: Sequence[int]) -> Tensor:
     return out
 
 
+def _ink(inputs: Tensor, background: float | Tensor) -> Tensor:
+    check_tensor("inputs", inputs, floating=True, finite=True)
+    if inputs.dim() < 3:
+        raise ValueError(f"inputs: expected (N, C, *spatial) images, got shape {tuple(inputs.shape)}")
+    return (inputs != _background(background, inputs)).any(1)
+
+
+def ink_first(pixel_scores: Tensor, inputs: Tensor, *, background: float | Tensor = 0.0) -> Tensor:
+    """The ranking ``pixel_scores`` with every ink pixel (any channel differs from the background)
+    ahead of every background pixel, each group kept in the ranking's own order: ``(N, *spatial)``.
+    """
+    ink = _ink(inputs, background)
+    check_tensor("pixel_scores", pixel_scores, shape=tuple(ink.shape), finite=True)
+    flat = pixel_scores.double().flatten(1)
+    shifted = flat - flat.min(1, keepdim=True).values  # >= 0
+    span = shifted.max(1, keepdim=True).values + 1.0
+    return (shifted + ink.flatten(1).double() * span).reshape(ink.shape)
+
+
 def random_ink_scores(inputs: Tensor, generator: torch.Generator, *, background: float | Tensor = 0.0) -> Tensor:
     """Random order among the ink pixels (any channel differs from the background), background pixels last.
 
     :returns: ``(N, *spatial)`` scores in ``[0, 2)``: ink pixels ``1 + u``, background pixels ``u``,
         with ``u`` uniform from ``generator``.
     """
-    check_tensor("inputs", inputs, floating=True, finite=True)
-    if inputs.dim() < 3:
-        raise ValueError(f"inputs: expected (N, C, *spatial) images, got shape {tuple(inputs.shape)}")
-    fill = _background(background, inputs)
-    ink = (inputs != fill).any(1)
+    ink = _ink(inputs, background)
     u = torch.rand(ink.shape, generator=generator, dtype=torch.float64).to(inputs.device)
     return u + ink.double()
 
