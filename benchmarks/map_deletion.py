@@ -290,8 +290,8 @@ def main() -> None:
     )
     rows = torch.arange(8)
     for filename, chosen, what in (
-        ("maps_grid.png", maps, "similarity maps"),
-        ("maps_grid_vs_blank.png", blank_maps, "similarity maps relative to a blank image"),
+        ("maps_grid.png", maps, "maps"),
+        ("maps_grid_vs_blank.png", blank_maps, "maps vs blank"),
     ):
         save_neighbour_grid(
             args.out / filename,
@@ -303,7 +303,7 @@ def main() -> None:
             heads=neighbours.heads[rows],
             test_maps=chosen.input_maps[rows],
             neighbour_maps=chosen.neighbour_maps[rows],
-            title=f"test digits, their nearest training digits, and the {what} (red: raises the similarity)",
+            title=f"nearest training digits, similarity {what}",
         )
     summary = {
         "command": f"python benchmarks/map_deletion.py --out {args.out} --seed {args.seed} --steps {args.steps} "
