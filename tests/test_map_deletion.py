@@ -79,6 +79,7 @@ def test_gradient_input_and_random_ink_scores() -> None:
     x, refs = torch.rand(3, 2, 4, 5, generator=generator), torch.rand(3, 2, 4, 5, generator=generator)
     heads = torch.tensor([1, 1, 0])
     got = gradient_input_scores(model, x, refs, heads, background=0.5)
+    torch.testing.assert_close(gradient_input_scores(model, x, refs, heads, background=0.5, batch_size=2), got)
     for i in range(3):  # one pair at a time, through the network itself
         xi = x[i : i + 1].clone().requires_grad_(True)
         with torch.no_grad():

@@ -126,6 +126,12 @@ def test_argmax_change_probability_against_quadrature_closed_form_and_sampling()
     assert math.exp(argmax_change_log_probability(mu4, var4).item()) == pytest.approx(float(sampled), abs=3e-3)
     with pytest.raises(ValueError, match="variance: expected positive"):
         argmax_change_log_probability(mu4, torch.zeros(1, 4))
+    many_mu = torch.randn(9, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 3
+    many_var = torch.full((9, 4), 0.2, dtype=torch.float64)
+    torch.testing.assert_close(
+        argmax_change_log_probability(many_mu, many_var, chunk_size=2),
+        argmax_change_log_probability(many_mu, many_var),
+    )
 
 
 def test_error_scores_match_their_definitions() -> None:

@@ -250,18 +250,27 @@ def gradient_input_scores(
     heads: int | Tensor,
     *,
     background: float | Tensor = 0.0,
+    batch_size: int = 256,
 ) -> Tensor:
     r"""Gradient × (input − background) of the similarity :math:`f_l(x)^\top f_l(\tilde x)` w.r.t. ``x``,
     summed over channels: ``(N, *spatial)``.
+
+    :param batch_size: pairs differentiated per backward pass.
     """
     kernel = _kernel(model)
     x, refs, chosen = _check_pairs(kernel, inputs, references, heads)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     fill = _background(background, x)
-    rows = torch.arange(x.shape[0], device=x.device)
-    with torch.no_grad():
-        reference_embedding = kernel.embed(refs)[chosen, rows]  # shape: (N, D)
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        similarity = (kernel.embed(x)[chosen, rows] * reference_embedding).sum()
-        (gradient,) = torch.autograd.grad(similarity, x)
-    return (gradient * (x.detach() - fill)).sum(1)
+    parts = []
+    for start in range(0, x.shape[0], batch_size):
+        xb, rb, hb = (t[start : start + batch_size] for t in (x, refs, chosen))
+        rows = torch.arange(xb.shape[0], device=xb.device)
+        with torch.no_grad():
+            reference_embedding = kernel.embed(rb)[hb, rows]  # shape: (b, D)
+        with torch.enable_grad():
+            xb = xb.detach().requires_grad_(True)
+            similarity = (kernel.embed(xb)[hb, rows] * reference_embedding).sum()
+            (gradient,) = torch.autograd.grad(similarity, xb)
+        parts.append((gradient * (xb.detach() - fill)).sum(1))
+    return torch.cat(parts)

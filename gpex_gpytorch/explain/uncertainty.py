@@ -101,7 +101,7 @@ def _log_mills_terms(a: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def argmax_change_log_probability(
-    mean: Tensor, variance: Tensor, *, num_nodes: int = 96, max_iter: int = 100
+    mean: Tensor, variance: Tensor, *, num_nodes: int = 96, max_iter: int = 100, chunk_size: int = 512
 ) -> Tensor:
     r""":math:`\log P(\arg\max_k f_k \ne \arg\max_k \mu_k)` with independent :math:`f_k \sim N(\mu_k, c_k)`.
 
@@ -109,11 +109,24 @@ def argmax_change_log_probability(
     :param variance: ``(N, H)`` posterior variances (positive).
     :param num_nodes: Gauss–Hermite nodes per integral.
     :param max_iter: Newton iterations for each integrand's mode.
+    :param chunk_size: inputs evaluated at once (memory ``chunk_size × H² × num_nodes`` float64).
     :returns: ``(N,)`` float64 log-probabilities (``-inf`` only if every competitor is impossible).
     """
     mu, var = _check_mean_variance(mean, variance)
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 2:
-        raise ValueError(f"num_nodes: expected an integer >= 2, got {num_nodes!r}")
+    for name, value, least in (("num_nodes", num_nodes, 2), ("max_iter", max_iter, 1), ("chunk_size", chunk_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    nodes_np, weights_np = np.polynomial.hermite_e.hermegauss(num_nodes)
+    nodes = torch.from_numpy(nodes_np)
+    log_weights = torch.from_numpy(np.log(weights_np)) - 0.5 * math.log(2 * math.pi)  # sum to 1
+    parts = [
+        _argmax_change_chunk(m, v, nodes, log_weights, max_iter)
+        for m, v in zip(mu.split(chunk_size), var.split(chunk_size), strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def _argmax_change_chunk(mu: Tensor, var: Tensor, nodes: Tensor, log_weights: Tensor, max_iter: int) -> Tensor:
     n, h = mu.shape
     sd = var.sqrt()
     top = mu.argmax(1)  # shape: (N,)
@@ -152,9 +165,6 @@ def argmax_change_log_probability(
             break
         z = new
     scale = (-curvature).rsqrt()  # shape: (N, H_j)
-    nodes_np, weights_np = np.polynomial.hermite_e.hermegauss(num_nodes)
-    nodes = torch.from_numpy(nodes_np)
-    log_weights = torch.from_numpy(np.log(weights_np)) - 0.5 * math.log(2 * math.pi)  # sum to 1
     log_phi_nodes = -0.5 * nodes.square() - 0.5 * math.log(2 * math.pi)
     points = z[..., None] + scale[..., None] * nodes  # shape: (N, H_j, K)
     terms = log_weights + log_integrand(points) - log_phi_nodes
