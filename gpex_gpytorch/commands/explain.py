@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         parts = [
             f"{s.name} {s.auroc:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
-            + (" (below 0.5: worse than chance)" if s.auroc < 0.5 else "")
+            + (f" (below 0.5: {s.verdict().split(';')[0]})" if s.auroc < 0.5 else "")
             for s in uncertainty.detection.scores
         ]
         detection_line = (

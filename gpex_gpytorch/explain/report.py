@@ -102,7 +102,10 @@ def _uncertainty_section(report: UncertaintyReport) -> str:
         )
     below = [SCORE_DESCRIPTIONS.get(s.name, s.name) for s in detection.scores if s.auroc < 0.5]
     if below:
-        notes.append("Below 0.5 (worse than chance on these examples): " + "; ".join(below) + ".")
+        notes.append(
+            "Below 0.5, i.e. lower on the misclassified examples than on the correct ones (worse than chance "
+            "where the whole interval is below 0.5): " + "; ".join(below) + "."
+        )
     paragraphs = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     return f"<section id='uncertainty'><h2>Uncertainty</h2>{paragraphs}<table>{header}{''.join(rows)}</table></section>"
 
