@@ -3,7 +3,8 @@
 Reads the folder written by ``gpex demo --out DIR`` and writes into ``--out``:
 
 * ``report.html`` — self-contained (images inline): per-head faithfulness on the test split,
-  the uncertainty AUROC, and the neighbour grids;
+  the misclassification AUROC of each uncertainty score with bootstrap intervals beside the
+  max-softmax and logit-margin baselines, and the neighbour grids;
 * ``neighbours.png`` — the first test digits, each with its nearest training digits in the kernel
   space of the predicted class's head (similarity and label under each);
 * ``misclassified.png`` — the same for test digits the network gets wrong (when there are any);
@@ -185,13 +186,22 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         notes=(
             "One GP per logit of the network. Faithfulness: Pearson correlation of GP mean and logit on the "
-            "test split. Uncertainty: how well the posterior variance of the predicted class's head flags the "
-            "network's misclassifications (AUROC; 0.5 is chance)."
+            "test split. Uncertainty: how well each score (the network's max-softmax and logit margin as baselines, "
+            "and the GPs' posterior scores) flags the network's misclassifications (AUROC with bootstrap intervals; "
+            "0.5 is chance, below 0.5 worse than chance)."
         ),
     )
-    auroc = "n/a" if uncertainty.auroc is None else f"{uncertainty.auroc:.3f}"
-    print(
-        f"Pearson mean {report.pearson_mean:.4f}; misclassification AUROC of the variance {auroc} "
-        f"({uncertainty.num_errors} errors / {uncertainty.num_samples}); wrote {out}/report.html, explain.json"
-    )
+    if uncertainty.detection is None:
+        detection_line = f"AUROC undefined ({uncertainty.num_errors} errors / {uncertainty.num_samples})"
+    else:
+        parts = [
+            f"{s.name} {s.auroc:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+            + (f" (below 0.5: {s.verdict().split(';')[0]})" if s.auroc < 0.5 else "")
+            for s in uncertainty.detection.scores
+        ]
+        detection_line = (
+            f"misclassification AUROC, 95 % intervals ({uncertainty.num_errors} errors / "
+            f"{uncertainty.num_samples}): " + "; ".join(parts)
+        )
+    print(f"Pearson mean {report.pearson_mean:.4f}; {detection_line}; wrote {out}/report.html, explain.json")
     return 0
