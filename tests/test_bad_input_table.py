@@ -94,6 +94,20 @@ class Fx:
         return kernel
 
     @cached_property
+    def half_kernel(self) -> gp.CachedDeepKernel:
+        torch.manual_seed(1)
+        kernel = gp.CachedDeepKernel(nn.Linear(F, H * D), M, H, D, embedding_dtype=torch.float16)
+        kernel.fill(self.x, progress=False)
+        return kernel
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        """A 2-step run's checkpoint (default noise, lr, beta)."""
+        path = self.tmp / "run.pt"
+        _small(self, checkpoint_every=2, checkpoint_path=path).fit(self.dataset)
+        return path
+
+    @cached_property
     def model(self) -> gp.GPEXModel:
         with torch.no_grad():
             values = self.ann(self.x)
@@ -226,6 +240,28 @@ ROWS: list[Row] = [
     Row(gp.LowRankPlusDiagonal, "solve rhs rows",
         lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve(torch.ones(3, 1)),
         ValueError, r"right_tensor: expected shape \(\.\.\., 4, K\) or \(4,\).*got \(3, 1\)"),
+    Row(gp.LowRankPlusDiagonal, "solve: integer rhs",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve(torch.ones(4, dtype=torch.long)),
+        TypeError, r"right_tensor: expected dtype torch.float32 \(the operator's\), got torch.int64"),
+    Row(gp.LowRankPlusDiagonal, "solve: float64 rhs",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve(torch.ones(4, 1, dtype=torch.float64)),
+        TypeError, r"right_tensor: expected dtype torch.float32 \(the operator's\), got torch.float64"),
+    Row(gp.LowRankPlusDiagonal, "solve: list rhs",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve([1.0, 2.0, 3.0, 4.0]),
+        TypeError, r"right_tensor: expected a torch.Tensor, got list"),
+    Row(gp.LowRankPlusDiagonal, "solve: meta rhs",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve(torch.ones(4, device="meta")),
+        ValueError, r"right_tensor: expected a tensor with data on cpu, got one on the meta device"),
+    Row(gp.LowRankPlusDiagonal, "solve: left_tensor columns",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).solve(torch.ones(4, 1), torch.ones(2, 3)),
+        ValueError, r"left_tensor: expected shape \(\.\.\., O, 4\) .*got \(2, 3\)"),
+    Row(gp.LowRankPlusDiagonal, "inv_quad_logdet: float64 rhs",
+        lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).inv_quad_logdet(torch.ones(4, dtype=torch.float64)),
+        TypeError, r"inv_quad_rhs: expected dtype torch.float32 \(the operator's\), got torch.float64"),
+    Row(gp.LowRankPlusDiagonal, "huge but finite root whose Gram exceeds float64",
+        lambda fx: gp.LowRankPlusDiagonal(torch.full((4, 2), 1e300, dtype=torch.float64), 1.0).solve(
+            torch.ones(4, dtype=torch.float64)),
+        ValueError, r"root: finite, but rootᵀroot exceeds the range of torch.float64 \(max \|root\| = 1e\+300\)"),
     Row(gp.LowRankPlusDiagonal, "inv_quad_logdet rhs rows",
         lambda fx: gp.LowRankPlusDiagonal(torch.randn(4, 2), 1.0).inv_quad_logdet(torch.ones(5), logdet=True),
         ValueError, r"inv_quad_rhs: expected shape \(\.\.\., 4, K\) or \(4,\).*got \(5,\)"),
@@ -282,6 +318,28 @@ ROWS: list[Row] = [
         ut.NonFiniteError,
         rf"inputs\[0:{M}\] \(embeddings from feature_extractor\).*inducing rows \[{M - 2}, {M - 1}\]",
         _kernel_state),
+    Row(Kernel, "fill: NaN in a later batch (earlier batches not written)",
+        lambda fx: fx.kernel.fill(torch.cat([2 * fx.x[:M - 1], torch.full((1, F), NAN)]), batch_size=2, progress=False),
+        ut.NonFiniteError, rf"inputs\[4:{M}\] \(embeddings from feature_extractor\).*inducing rows \[{M - 1}\]",
+        _kernel_state),
+    Row(Kernel, "fill: iterable yields too few rows", lambda fx: fx.kernel.fill(iter([2 * fx.x[:2]]), progress=False),
+        ValueError, rf"inputs: yielded 2 rows, expected num_inducing={M}", _kernel_state),
+    Row(Kernel, "fill: iterable yields too many rows",
+        lambda fx: fx.kernel.fill(iter([2 * fx.x, fx.x[:1]]), progress=False),
+        ValueError, rf"inputs: yielded more than num_inducing={M} rows", _kernel_state),
+    Row(Kernel, "fill: float16 cache overflow", lambda fx: fx.half_kernel.fill(fx.x * 1e6, progress=False),
+        ut.NonFiniteError,
+        r"inputs\[0:6\] \(embeddings from feature_extractor\): values beyond the range of "
+        r"embedding_dtype=torch.float16 \(\|x\| <= 6.55e\+04\) for inducing rows \[0, ",
+        lambda fx: _buffers(fx.half_kernel)),
+    Row(Kernel, "refresh: float16 cache overflow",
+        lambda fx: fx.half_kernel.refresh(torch.tensor([3, 1]), fx.x[:2] * 1e6),
+        ut.NonFiniteError, r"inputs \(embeddings from feature_extractor\): values beyond the range of "
+        r"embedding_dtype=torch.float16 .*for inducing rows \[3, 1\]", lambda fx: _buffers(fx.half_kernel)),
+    Row(Kernel, "set_inducing_values: float64 beyond float32's range",
+        lambda fx: fx.kernel.set_inducing_values(torch.full((M, H), 1e39, dtype=torch.float64)),
+        ut.NonFiniteError, r"inducing_values \(after conversion to the cache's dtype\): expected finite values, "
+        r"got NaN or inf for rows \[0, 1, 2, 3, 4, 5\]", _kernel_state),
     Row(Kernel, "set_inducing_values: shape", lambda fx: fx.kernel.set_inducing_values(torch.zeros(M, H + 1)),
         ValueError, rf"inducing_values: expected shape \({M}, {H}\), got \({M}, {H + 1}\)", _kernel_state),
     Row(Kernel, "set_inducing_values: NaN", lambda fx: fx.kernel.set_inducing_values(torch.full((M, H), NAN)),
@@ -334,7 +392,18 @@ ROWS: list[Row] = [
     Row(gp.GPEXModel, "predict: inputs on meta", lambda fx: fx.model.predict(fx.x.to("meta")),
         ValueError, r"inputs: expected a tensor on cpu, got one on meta", _model_state),
     Row(gp.GPEXModel, "predict: NaN inputs", lambda fx: fx.model.predict(torch.full((2, F), NAN)),
-        ValueError, r"inputs: expected finite values, found 8 non-finite entries", _model_state),
+        ValueError, r"inputs: expected finite values, got NaN or inf for rows \[0, 1\]", _model_state),
+    Row(gp.GPEXModel, "predict: float64 inputs", lambda fx: fx.model.predict(fx.x.double()),
+        TypeError, r"inputs: expected dtype torch.float32 \(the model's\), got torch.float64; convert with "
+        r"\.to\(torch.float32\)", _model_state),
+    Row(gp.GPEXModel, "predict: integer inputs", lambda fx: fx.model.predict(torch.ones(2, F, dtype=torch.long)),
+        TypeError, r"inputs: the kernel network failed on inputs of dtype torch.int64; expected dtype torch.float32 "
+        r"\(the model's\), convert with \.to\(torch.float32\)", _model_state),
+    Row(gp.GPEXModel, "predict: empty batch", lambda fx: fx.model.predict(fx.x[:0]),
+        ValueError, r"inputs: expected a non-empty batch .*got shape \(0, 4\)", _model_state),
+    Row(gp.GPEXModel, "predict: inf in one row",
+        lambda fx: fx.model.predict(fx.x.index_fill(0, torch.tensor([4]), float("inf"))),
+        ValueError, r"inputs: expected finite values, got NaN or inf for rows \[4\]", _model_state),
     Row(gp.GPEXModel, "predict: not a tensor", lambda fx: fx.model.predict([[0.0] * F]),
         TypeError, r"inputs: expected a torch.Tensor, got list", _model_state),
     Row(gp.GPEXModel, "__call__: input on meta", lambda fx: fx.model(fx.x.to("meta")),
@@ -345,6 +414,10 @@ ROWS: list[Row] = [
         lambda fx: fx.model(fx.x, fresh_indices=torch.tensor([M]), fresh_inputs=fx.x[:1]),
         ValueError, rf"fresh_indices: expected indices in \[0, {M - 1}\], got values in \[{M}, {M}\]", _model_state),
     # ------------------------------------------------------------------ mlls
+    Row(gp.ANNMatchingELBO, "beta=inf", lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=M, beta=float("inf")),
+        ValueError, r"beta: expected a finite value >= 0, got inf"),
+    Row(gp.ann_matching_loss, "NaN target", lambda fx: gp.ann_matching_loss(fx.output, torch.full((3, H), NAN)),
+        ut.NonFiniteError, r"ann_output: expected finite values, got NaN or inf for rows \[0, 1, 2\]"),
     Row(gp.ANNMatchingELBO, "num_data=0", lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=0),
         ValueError, r"num_data: expected an integer >= 1, got 0"),
     Row(gp.ANNMatchingELBO, "negative ann_noise",
@@ -394,11 +467,66 @@ ROWS: list[Row] = [
     Row(dl.Distiller, "steps=0", lambda fx: dl.Distiller(fx.ann, steps=0),
         ValueError, r"steps: expected an integer >= 1, got 0"),
     Row(dl.Distiller, "noise=0", lambda fx: dl.Distiller(fx.ann, noise=0.0),
-        ValueError, r"noise: expected a value > 0, got 0"),
+        ValueError, r"noise: expected a finite value > 0, got 0"),
     Row(dl.Distiller, "noise=NaN", lambda fx: dl.Distiller(fx.ann, noise=NAN),
-        ValueError, r"noise: expected a value > 0, got nan"),
+        ValueError, r"noise: expected a finite value > 0, got nan"),
     Row(dl.Distiller, "lr=-1", lambda fx: dl.Distiller(fx.ann, lr=-1.0),
-        ValueError, r"lr: expected a value > 0, got -1"),
+        ValueError, r"lr: expected a finite value > 0, got -1"),
+    Row(dl.Distiller, "lr=inf", lambda fx: dl.Distiller(fx.ann, lr=float("inf")),
+        ValueError, r"lr: expected a finite value > 0, got inf"),
+    Row(dl.Distiller, "lr a string", lambda fx: dl.Distiller(fx.ann, lr="1e-3"),
+        TypeError, r"lr: expected a real number, got str '1e-3'"),
+    Row(dl.Distiller, "beta=inf", lambda fx: dl.Distiller(fx.ann, beta=float("inf")),
+        ValueError, r"beta: expected a finite value >= 0, got inf"),
+    Row(dl.Distiller, "seed a string", lambda fx: dl.Distiller(fx.ann, seed="0"),
+        TypeError, r"seed: expected an integer, got str '0'"),
+    Row(dl.Distiller, "seed=-1", lambda fx: dl.Distiller(fx.ann, seed=-1),
+        ValueError, r"seed: expected an integer in \[0, 2\*\*63\), got -1"),
+    Row(dl.Distiller, "embedding_dtype a string", lambda fx: dl.Distiller(fx.ann, embedding_dtype="float16"),
+        TypeError, r"embedding_dtype: expected None or a floating-point torch.dtype .*got str 'float16' "
+        r"\(use torch.float16\)"),
+    Row(dl.Distiller, "device=meta", lambda fx: dl.Distiller(fx.ann, device="meta"),
+        ValueError, r"device: expected a device with data \(cpu or cuda\), got the meta device"),
+    Row(dl.Distiller, "device unknown", lambda fx: dl.Distiller(fx.ann, device="gpu0"),
+        ValueError, r"device: expected a device such as 'cpu' or 'cuda:0', got 'gpu0'"),
+    Row(dl.Distiller, "mix not a bool", lambda fx: dl.Distiller(fx.ann, mix="yes"),
+        TypeError, r"mix: expected True or False, got str 'yes'"),
+    Row(dl.Distiller, "fit: int64 inputs",
+        lambda fx: _small(fx).fit(TensorDataset(torch.ones(M, F, dtype=torch.long))),
+        TypeError, r"train_dataset \(inputs\): the ann failed on inputs of dtype torch.int64; expected dtype "
+        r"torch.float32 \(the model's\)",
+        lambda fx: _buffers(fx.ann)),
+    Row(dl.Distiller, "fit: float16 inputs", lambda fx: _small(fx).fit(TensorDataset(fx.x.half())),
+        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.float16"),
+    Row(dl.Distiller, "fit: float64 inputs", lambda fx: _small(fx).fit(TensorDataset(fx.x.double())),
+        TypeError, r"train_dataset \(inputs\): expected dtype torch.float32 \(the model's\), got torch.float64; "
+        r"convert with \.to\(torch.float32\)"),
+    Row(dl.Distiller, "fit: NaN input",
+        lambda fx: _small(fx).fit(TensorDataset(fx.x.index_fill(0, torch.tensor([1]), NAN))),
+        ValueError, r"train_dataset \(inputs\): expected finite values, got NaN or inf for rows \[1\]"),
+    Row(dl.Distiller, "fit: inducing set of another width",
+        lambda fx: _small(fx).fit(fx.dataset, TensorDataset(torch.randn(M, F + 1))),
+        ValueError,
+        rf"inducing_dataset: expected inputs of shape \({F},\) and dtype torch.float32 \(as train_dataset's\), "
+        rf"got \({F + 1},\) and torch.float32"),
+    Row(dl.Distiller, "fit: ann with 0 outputs", lambda fx: _small(fx, ann=nn.Linear(F, 0)).fit(fx.dataset),
+        ValueError, r"ann: expected at least one output column \(one GP per column\), got shape \(2, 0\)"),
+    Row(dl.Distiller, "fit: resume from a checkpoint missing keys",
+        lambda fx: _small(fx).fit(fx.dataset, resume=_saved_checkpoint(fx, {"format": "gpex-distiller-1"})),
+        ValueError, r"resume: the checkpoint lacks the entries \['config', 'step', 'model'"),
+    Row(dl.Distiller, "fit: resume with another noise",
+        lambda fx: _small(fx, noise=0.5).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"resume: the checkpoint was written with other settings \(noise: checkpoint 1.0 vs now 0.5\)"),
+    Row(dl.Distiller, "fit: resume with another lr and beta",
+        lambda fx: _small(fx, lr=0.1, beta=0.5).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"other settings \(lr: checkpoint 0.001 vs now 0.1, beta: checkpoint 1.0 vs now 0.5\)"),
+    Row(dl.Distiller, "fit: resume at step -5",
+        lambda fx: _small(fx).fit(fx.dataset, resume=_saved_checkpoint(fx, {**dl.load_checkpoint(fx.checkpoint),
+                                                                           "step": -5})),
+        ValueError, r"resume: the checkpoint's step must be an integer >= 0, got -5"),
+    Row(dl.Distiller, "fit: resume beyond steps",
+        lambda fx: _small(fx, steps=1).fit(fx.dataset, resume=fx.checkpoint),
+        ValueError, r"steps: the checkpoint is at step 2, beyond steps=1"),
     Row(dl.Distiller, "checkpoint_every without a path", lambda fx: dl.Distiller(fx.ann, checkpoint_every=5),
         ValueError, r"checkpoint_path: required when checkpoint_every is set"),
     Row(dl.Distiller, "ann not a module", lambda fx: dl.Distiller(lambda x: x),
@@ -419,6 +547,12 @@ ROWS: list[Row] = [
         FileNotFoundError, r"checkpoint: no file at .*none.pt"),
     Row(dl.distill, "not a dataset", lambda fx: dl.distill(fx.ann, 5, steps=1, progress=False),
         TypeError, r"train_dataset: expected a map-style dataset with __len__, got int"),
+    Row(dl.faithfulness, "batch_size=0", lambda fx: dl.faithfulness(fx.model, fx.ann, fx.dataset, batch_size=0),
+        ValueError, r"batch_size: expected an integer >= 1, got 0"),
+    Row(dl.faithfulness, "a NaN head is named, not dropped",
+        lambda fx: dl.faithfulness(fx.model, _NaNColumn(fx.ann, 1), fx.dataset),
+        ut.NonFiniteError, r"ann: expected finite outputs, got NaN or inf on dataset rows \[0, 1, 2, 3, 4, 5\] "
+        r"\(heads \[1\]\)"),
     Row(dl.faithfulness, "ann heads mismatch", lambda fx: dl.faithfulness(fx.model, nn.Linear(F, H + 1), fx.dataset),
         ValueError, rf"ann: expected outputs of shape \(N, {H}\), got \({M}, {H + 1}\)"),
     Row(dl.predict_gp_and_ann, "empty dataset",
@@ -445,6 +579,10 @@ ROWS: list[Row] = [
     Row(dl.load_checkpoint, "random bytes",
         lambda fx: dl.load_checkpoint(_write(fx.tmp / "c.pt", bytes(range(256)) * 4)),
         ValueError, r"checkpoint: .*c.pt is truncated or corrupted"),
+    Row(dl.load_checkpoint, "one flipped bit in a tensor record", lambda fx: dl.load_checkpoint(_bit_rot(fx.tmp)),
+        ValueError, r"checkpoint: .*c.pt is corrupted: its contents do not match the SHA-256 digest"),
+    Row(dl.save_checkpoint, "reserved key", lambda fx: dl.save_checkpoint(fx.tmp / "c.pt", {"sha256": "x"}),
+        ValueError, r"state: the key 'sha256' is reserved"),
     Row(dl.load_checkpoint, "empty file", lambda fx: dl.load_checkpoint(_write(fx.tmp / "c.pt", b"")),
         ValueError, r"checkpoint: .*c.pt is truncated or corrupted"),
     Row(dl.load_checkpoint, "arbitrary object", lambda fx: dl.load_checkpoint(_pickled_object(fx.tmp)),
@@ -529,6 +667,40 @@ ROWS: list[Row] = [
     Row(ex.UncertaintyReport, "consumer: not an UncertaintyReport",
         lambda fx: ex.render_report(title="t", faithfulness=fx.faithfulness, uncertainty={"auroc": 1}),
         TypeError, r"uncertainty: expected an UncertaintyReport or None, got dict"),
+    Row(ex.error_scores, "negative variance",
+        lambda fx: ex.error_scores(torch.zeros(3, 2), -torch.ones(3, 2), torch.zeros(3, 2)),
+        ValueError, r"variance: expected positive posterior variances"),
+    Row(ex.argmax_change_log_probability, "one head",
+        lambda fx: ex.argmax_change_log_probability(torch.zeros(3, 1), torch.ones(3, 1)),
+        ValueError, r"mean: expected at least 2 heads \(columns\) to compare, got shape \(3, 1\)"),
+    Row(ex.error_detection_report, "unknown reference",
+        lambda fx: ex.error_detection_report({"a": torch.zeros(2)}, torch.tensor([True, False]), reference="b"),
+        ValueError, r"reference: expected one of \['a'\], got 'b'"),
+    Row(ex.ScoreDetection, "producer: num_resamples=0",
+        lambda fx: ex.error_detection_report({"a": torch.zeros(2)}, torch.tensor([True, False]), num_resamples=0),
+        ValueError, r"num_resamples: expected an integer >= 1, got 0"),
+    Row(ex.ErrorDetectionReport, "consumer: unknown score name",
+        lambda fx: ex.error_detection_report({"a": torch.tensor([1.0, 0.0])}, torch.tensor([True, False]))["b"],
+        KeyError, r"name: no score 'b'; expected one of \['a'\]"),
+    Row(ex.deletion_curves, "fractions not increasing",
+        lambda fx: ex.deletion_curves(fx.spatial_model, fx.images[:2], fx.images[2:4], 0, torch.zeros(2, 4, 4),
+                                      fractions=(0.0, 0.5, 0.2)),
+        ValueError, r"fractions: expected strictly increasing values in \[0, 1\]"),
+    Row(ex.DeletionCurves, "producer: pixel_scores of the wrong shape",
+        lambda fx: ex.deletion_curves(fx.spatial_model, fx.images[:2], fx.images[2:4], 0, torch.zeros(2, 3, 4)),
+        ValueError, r"pixel_scores: expected shape \(2, 4, 4\), got \(2, 3, 4\)"),
+    Row(ex.gradient_input_scores, "float heads",
+        lambda fx: ex.gradient_input_scores(fx.spatial_model, fx.images[:2], fx.images[2:4], torch.zeros(2)),
+        TypeError, r"heads: expected integer indices, got dtype torch.float32"),
+    Row(ex.map_pixel_scores, "map does not divide the image",
+        lambda fx: ex.map_pixel_scores(torch.zeros(2, 2, 2), (5, 4)),
+        ValueError, r"maps: expected \(N, \*map_spatial\) with map_spatial dividing \(5, 4\)"),
+    Row(ex.ink_first, "scores of the wrong shape",
+        lambda fx: ex.ink_first(torch.zeros(2, 3, 4), fx.images[:2]),
+        ValueError, r"pixel_scores: expected shape \(2, 4, 4\), got \(2, 3, 4\)"),
+    Row(ex.random_ink_scores, "not images",
+        lambda fx: ex.random_ink_scores(torch.zeros(3, 4), torch.Generator()),
+        ValueError, r"inputs: expected \(N, C, \*spatial\) images, got shape \(3, 4\)"),
     Row(ex.label_review, "instances", lambda fx: ex.label_review(fx.model, fx.x, fx.labels, instances="some"),
         ValueError, r"instances: expected 'misclassified' or 'all', got 'some'"),
     Row(ex.label_review, "labels length", lambda fx: ex.label_review(fx.model, fx.x, fx.labels[:2]),
@@ -647,7 +819,7 @@ ROWS: list[Row] = [
         ValueError, rf"heads: expected an integer in \[0, {H - 1}\], got {H}"),
     Row(pc.LayerActivations, "consumer: basis",
         lambda fx: pc.direction_grid(fx.layer_activations, fx.layer_pca, basis="svd"),
-        ValueError, r"basis: expected one of 'pc', 'neuron', got 'svd'"),
+        ValueError, r"basis: expected one of 'pc', 'neuron', 'random', got 'svd'"),
     Row(pc.LayerPCA, "consumer: not a LayerPCA", lambda fx: pc.ablation_curve(fx.cnn, fx.pca, fx.images),
         TypeError, r"layer_pca: expected a LayerPCA \(from fit_layer_pca\), got PCAResult"),
     Row(pc.LayerRewriter, "fn not callable", lambda fx: pc.LayerRewriter(fx.cnn, "1", 3),
@@ -728,6 +900,35 @@ ROWS: list[Row] = [
     Row(pc.variance_completeness, "not a PCA", lambda fx: pc.variance_completeness(3),
         TypeError, r"pca: expected a PCAResult or LayerPCA, got int"),
     # ------------------------------------------------------------------ explain.pathways
+    Row(pc.row_interpretability, "one input", lambda fx: pc.row_interpretability(
+        torch.tensor([0]), torch.rand(5), torch.zeros(5, dtype=torch.long)),
+        ValueError, r"indices: expected a \(P,\) tensor with P >= 2, got shape \(1,\)"),
+    Row(pc.RowInterpretability, "producer: one input", lambda fx: pc.row_interpretability(
+        torch.tensor([1]), torch.rand(5), torch.zeros(5, dtype=torch.long)),
+        ValueError, r"indices: expected a \(P,\) tensor with P >= 2"),
+    Row(pc.interpretability_summary, "no labels",
+        lambda fx: pc.interpretability_summary(fx.layer_activations, fx.layer_pca),
+        ValueError, r"labels: expected labels \(pass labels= or collect activations from a labelled dataset\)"),
+    Row(pw.paper_metrics, "inputs vs masks", lambda fx: pw.paper_metrics(fx.cnn, fx.images[:2], fx.masks),
+        ValueError, rf"x: expected {M} inputs to match the masks, got 2"),
+    Row(pw.fraction_masks, "fraction > 1", lambda fx: pw.fraction_masks({"0": torch.rand(3, 4)}, 1.5),
+        ValueError, r"fraction: expected values in \(0, 1\], got 1.5"),
+    Row(pw.minimal_faithful_masks, "fraction > 1", lambda fx: pw.minimal_faithful_masks(
+        fx.cnn, fx.images, {"0": torch.rand(M, 4)}, [0.5, 1.5]),
+        ValueError, r"fractions: expected values in \(0, 1\], got \[0.5, 1.5\]"),
+    Row(pw.class_mean_scores, "class out of range",
+        lambda fx: pw.class_mean_scores({"0": torch.rand(3, 4)}, torch.tensor([0, 1, 5]), 3),
+        ValueError, r"classes: expected values in \[0, 3\), got \[0, 5\]"),
+    Row(pw.class_scores_for, "class out of range",
+        lambda fx: pw.class_scores_for({"0": torch.rand(3, 4)}, torch.tensor([0, 3])),
+        ValueError, r"classes: expected a \(N,\) tensor of values in \[0, 3\), got \[0, 3\]"),
+    Row(pw.submodule_inputs, "unknown layer", lambda fx: pw.submodule_inputs(fx.cnn, "nope", fx.images),
+        ValueError, r"submodule: the Sequential has no sub-module 'nope'"),
+    Row(pw.pathway_kernel_survival, "masked rows", lambda fx: pw.pathway_kernel_survival(fx.model, fx.x, fx.x[:2]),
+        ValueError, rf"masked_inputs: expected the shape of full_inputs \({M}, 4\), got \(2, 4\)"),
+    Row(pw.PathwayKernelSurvival, "producer: masked rows",
+        lambda fx: pw.pathway_kernel_survival(fx.model, fx.x, fx.x[:3]),
+        ValueError, rf"masked_inputs: expected the shape of full_inputs \({M}, 4\), got \(3, 4\)"),
     Row(pw.ClassIoU, "producer: classes length", lambda fx: pw.class_iou(fx.masks, fx.labels[:2]),
         ValueError, rf"classes: expected shape \({M},\), got \(2,\)"),
     Row(pw.DeletionInsertion, "producer: fraction > 1",
@@ -854,6 +1055,11 @@ ROWS: list[Row] = [
         FileNotFoundError, r"root: .*none is not a directory"),
     Row(ds.load_digits, "test_size=1.5", lambda fx: ds.load_digits(test_size=1.5),
         ValueError, r"test_size: expected a fraction strictly between 0 and 1, got 1.5"),
+    Row(ds.load_digits, "seed=-1", lambda fx: ds.load_digits(seed=-1),
+        ValueError, r"seed: expected an integer in \[0, 2\*\*32\), got -1"),
+    Row(ds.load_cifar10, "corrupted batch: shared nested labels",
+        lambda fx: ds.load_cifar10(_nested_label_batch(fx.tmp), train=False),
+        ValueError, r"test_batch: expected b'labels' as a list of integers, found a list"),
     Row(ds.load_digits, "class 10", lambda fx: ds.load_digits(classes=[1, 10]),
         ValueError, r"classes: expected integers in 0..9, got 10"),
     Row(ds.load_mnist_idx, "missing folder", lambda fx: ds.load_mnist_idx(fx.tmp / "none"),
@@ -881,6 +1087,10 @@ ROWS: list[Row] = [
         TypeError, r"value: expected a torch.Tensor, got list"),
     Row(ut.NonFiniteError, "raised as a FloatingPointError", lambda fx: ut.check_finite("a", torch.tensor([NAN])),
         FloatingPointError, r"a: expected finite values"),
+    Row(ut.check_input_data, "float64 data", lambda fx: ut.check_input_data("x", fx.x.double(), dtype=torch.float32),
+        TypeError, r"x: expected dtype torch.float32 \(the model's\), got torch.float64"),
+    Row(ut.module_dtype, "not a module", lambda fx: ut.module_dtype(3),
+        TypeError, r"module: expected a torch.nn.Module, got int"),
     Row(ut.check_positive, "zero", lambda fx: ut.check_positive("noise", torch.tensor([1.0, 0.0])),
         ValueError, r"noise: expected a finite value > 0, got \[1.0, 0.0\]"),
     Row(ut.check_index_tensor, "out of range", lambda fx: ut.check_index_tensor("idx", torch.tensor([-1, 2]), 3),
@@ -903,9 +1113,48 @@ ROWS: list[Row] = [
 # fmt: on
 
 
+class _NaNColumn(nn.Module):
+    """``ann`` with one output column replaced by NaN."""
+
+    def __init__(self, ann: nn.Module, column: int) -> None:
+        super().__init__()
+        self.ann, self.column = ann, column
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.ann(x).clone()
+        out[:, self.column] = NAN
+        return out
+
+
+def _small(fx: Fx, ann: nn.Module | None = None, **kwargs: object) -> dl.Distiller:
+    settings: dict[str, object] = dict(
+        embedding_dim=D, steps=2, batch_size=4, inducing_batch_size=2, eval_every=1000, eval_size=4, progress=False
+    )
+    settings.update(kwargs)
+    return dl.Distiller(fx.ann if ann is None else ann, **settings)  # type: ignore[arg-type]
+
+
+def _saved_checkpoint(fx: Fx, state: dict) -> Path:
+    dl.save_checkpoint(fx.tmp / "edited.pt", state)
+    return fx.tmp / "edited.pt"
+
+
 def _neighbour_fields(fx: Fx) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     n = fx.neighbours
     return n.similarities, n.kernel_values, n.heads, n.mean, n.variance
+
+
+def _nested_label_batch(folder: Path) -> Path:
+    import pickle
+
+    import numpy as np
+
+    labels: list = [0]
+    for _ in range(30):
+        labels = [labels, labels]
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
 
 
 def _idx_file(folder: Path) -> Path:
@@ -938,6 +1187,16 @@ class _Payload:
 
 def _pickled_object(folder: Path) -> Path:
     return _saved(folder, {"format": "x", "payload": _Payload()})
+
+
+def _bit_rot(folder: Path) -> Path:
+    path = folder / "c.pt"
+    values = torch.arange(100, dtype=torch.float32)
+    dl.save_checkpoint(path, {"format": "x", "values": values})
+    data = bytearray(path.read_bytes())
+    data[data.find(values.numpy().tobytes()) + 41] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _truncated_checkpoint(folder: Path) -> Path:

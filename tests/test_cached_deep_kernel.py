@@ -46,6 +46,28 @@ def test_fill_from_an_iterable_of_batches() -> None:
     torch.testing.assert_close(other.gram, other.embeddings.mT @ other.embeddings)  # still consistent
 
 
+@pytest.mark.parametrize("staged", [True, False])
+def test_fill_failure_leaves_a_consistent_cache(staged: bool) -> None:
+    """Staged: nothing changes. In place: rows before the failing batch are new, the rest old; G matches."""
+    kernel, inputs = _kernel()
+    old = kernel.embeddings.clone()
+    with torch.no_grad():
+        for parameter in kernel.feature_extractor.parameters():
+            parameter.mul_(2.0)
+    bad = inputs.clone()
+    bad[20] = float("nan")
+    with pytest.raises(ValueError, match="inducing rows"):
+        kernel.fill(bad, batch_size=9, progress=False, staged=staged)
+    if staged:
+        assert torch.equal(kernel.embeddings, old)
+    else:
+        new = _dense_embeddings(kernel, inputs)  # the changed network's embeddings
+        torch.testing.assert_close(kernel.embeddings[:, :18], new[:, :18])  # batches [0:9] and [9:18]
+        assert not torch.allclose(new[:, :18], old[:, :18])
+        assert torch.equal(kernel.embeddings[:, 18:], old[:, 18:])
+    torch.testing.assert_close(kernel.gram, kernel.embeddings.mT.double() @ kernel.embeddings.double())
+
+
 def test_refresh_updates_rows_and_statistics_incrementally() -> None:
     kernel, inputs = _kernel()
     kernel.set_inducing_values(torch.randn(M, H, dtype=torch.float64))

@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -278,13 +279,45 @@ def test_cifar10_missing_and_corrupt_files(tmp_path):
         load_cifar10(tmp_path, train=False)
 
 
+def test_cifar10_accepts_protocol_2_empty_bytes_and_refuses_bytes_with_arguments(tmp_path):
+    batch = _batch(2)
+    batch[b"batch_label"] = b""  # protocol 2 writes b"" as __builtin__.bytes()
+    raw = pickle.dumps(batch, protocol=2)
+    assert b"__builtin__\nbytes" in raw
+    _write_batch(tmp_path / "test_batch", batch)
+    assert len(load_cifar10(tmp_path, train=False)) == 2
+    # bytes(10**12) would allocate a terabyte: only the empty call is allowed.
+    opcode = pickle.GLOBAL + b"__builtin__\nbytes\n" + pickle.BININT + (10**9).to_bytes(4, "little") + pickle.TUPLE1
+    (tmp_path / "test_batch").write_bytes(pickle.PROTO + b"\x02" + opcode + pickle.REDUCE + pickle.STOP)
+    with pytest.raises(ValueError, match=r"refusing bytes\(\.\.\.\) with arguments"):
+        load_cifar10(tmp_path, train=False)
+
+
+def test_cifar10_shared_nested_labels_are_refused_before_any_conversion(tmp_path):
+    # 2**40 leaves in a few hundred bytes (pickle's memo shares the inner lists): np.asarray would not finish.
+    labels: list = [0]
+    for _ in range(40):
+        labels = [labels, labels]
+    batch = _batch(2)
+    batch[b"labels"] = labels
+    _write_batch(tmp_path / "test_batch", batch)
+    assert (tmp_path / "test_batch").stat().st_size < 7000
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="labels' as a list of integers, found a list"):
+        load_cifar10(tmp_path, train=False)
+    assert time.perf_counter() - start < 2.0
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda b: b.pop(b"labels"), "missing key b'labels'"),
         (lambda b: b.__setitem__(b"data", np.zeros((2, 100), np.uint8)), "3072"),
         (lambda b: b.__setitem__(b"data", np.zeros((2, 3072), np.float32)), "uint8"),
-        (lambda b: b.__setitem__(b"labels", [1, 2, 3]), "2 images but labels"),
+        (lambda b: b.__setitem__(b"labels", [1, 2, 3]), "2 images but 3 labels"),
+        (lambda b: b.__setitem__(b"labels", [1, 2.0]), "labels' as a list of integers, found a float"),
+        (lambda b: b.__setitem__(b"labels", "ab"), "labels' as a list or 1-d array of integers, got str"),
+        (lambda b: b.__setitem__(b"data", [[0] * 3072] * 2), "numpy array of dtype uint8 .*got list"),
         (lambda b: b.__setitem__(b"labels", [1, 10]), r"labels in 0\.\.9"),
     ],
 )

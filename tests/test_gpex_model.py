@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import gpytorch
 import pytest
 import torch
@@ -238,3 +241,49 @@ def test_prior_distribution_is_a_low_rank_plus_diagonal_mvn_consistent_with_the_
     torch.testing.assert_close(
         -log_prob.double(), model.variational_strategy.kl_divergence().double(), rtol=1e-5, atol=1e-4
     )
+
+
+def test_predict_returns_exact_variances_below_gpytorchs_floor_without_a_warning() -> None:
+    # Features of size ~1e-4 make c(x) ~ 1e-8, below min_variance (1e-6 in float32), which
+    # MultivariateNormal.variance would replace by 1e-6 with a "negative variance" warning.
+    torch.manual_seed(0)
+    h, m, d, noise = 2, 30, 3, 1.0
+    net = nn.Sequential(nn.Linear(IN, h * d))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-4)
+        net[0].bias.zero_()
+    kernel = CachedDeepKernel(net, m, h, d)
+    inducing = torch.randn(m, IN)
+    kernel.fill(inducing, progress=False)
+    model = GPEXModel(kernel, torch.randn(m, h), noise=noise)
+    x = torch.randn(7, IN)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumericalWarning about "negative variance values"
+        _, variance = model.predict(x)
+    with torch.no_grad():
+        reference = copy.deepcopy(net).double()
+        u_train, u_test = _embed(reference, inducing.double(), h), _embed(reference, x.double(), h)
+        _, cov = _dense_posterior(u_train, torch.zeros(m, h, dtype=torch.float64), u_test, noise)
+    exact = cov.diagonal(dim1=-2, dim2=-1).T
+    assert float(exact.max()) < 1e-7  # far below the floor
+    torch.testing.assert_close(variance.double(), exact, rtol=1e-4, atol=0)
+
+
+def test_predict_takes_integer_token_ids_for_a_network_that_embeds_them() -> None:
+    # The dtype policy rejects floating data of another precision, not token ids.
+    torch.manual_seed(0)
+    h, m, d, vocabulary = 2, 12, 3, 20
+    net = nn.Embedding(vocabulary, h * d)
+    kernel = CachedDeepKernel(net, m, h, d)
+    tokens = torch.randperm(vocabulary)[:m]
+    kernel.fill(tokens, progress=False)
+    values = torch.randn(m, h)
+    model = GPEXModel(kernel, values, noise=0.5)
+    queries = torch.tensor([3, 7, 7])
+    mean, variance = model.predict(queries)
+    with torch.no_grad():
+        u_train = _embed(copy.deepcopy(net).double(), tokens, h)
+        u_test = _embed(copy.deepcopy(net).double(), queries, h)
+        expected_mean, cov = _dense_posterior(u_train, values.double(), u_test, 0.5)
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(variance.double(), cov.diagonal(dim1=-2, dim2=-1).T, rtol=1e-4, atol=1e-6)

@@ -593,3 +593,19 @@ def test_float32_batched_and_expanded_roots_match_float64() -> None:
     for ours, ref in zip(run(torch.float32), run(torch.float64), strict=True):
         assert ours.shape == ref.shape
         assert (ours - ref).norm() < 5e-5 * ref.norm()
+
+
+def test_a_finite_float32_root_near_1e20_solves_like_float64() -> None:
+    # Its squares (1e40) overflow float32 partial sums; the root itself is finite and valid.
+    generator = torch.Generator().manual_seed(0)
+    root = torch.randn(40, 3, generator=generator) * 1e20
+    noise = 1e38  # within float32's range; so are Rᵀy (~1e31) and the solution (~1e-28)
+    op = LowRankPlusDiagonal(root, noise)
+    y = torch.randn(40, 2, generator=generator) * 1e10
+    dense = root.double() @ root.double().T + noise * torch.eye(40, dtype=torch.float64)
+    expected = torch.linalg.solve(dense, y.double())
+    result = op.solve(y)
+    assert bool(torch.isfinite(result).all())
+    torch.testing.assert_close(result.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    logdet = op.inv_quad_logdet(y, logdet=True)[1]
+    assert float(logdet) == pytest.approx(float(torch.linalg.slogdet(dense)[1]), rel=1e-6)

@@ -159,3 +159,22 @@ def test_bad_input_is_named() -> None:
             nearest_neighbours(model, x, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="inputs"):
         nearest_neighbours(model, torch.zeros(0, 6))
+
+
+def test_exact_at_a_large_inducing_set_in_small_chunks() -> None:
+    """M = 300,000 scored in chunks of 50,000 and query batches of 2 equals one dense brute force."""
+    torch.manual_seed(3)
+    m = 300_000
+    kernel = CachedDeepKernel(nn.Linear(3, 2 * 4), m, 2, 4)
+    kernel.fill(torch.randn(m, 3), batch_size=65536, progress=False)
+    model = GPEXModel(kernel, torch.randn(m, 2))
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        queries = kernel.embed(x)
+    for metric in ("correlation", "distance", "kernel"):
+        found = nearest_neighbours(
+            model, x, k=3, heads=1, metric=metric, chunk_size=50_000, query_batch_size=2, hub_warning=None
+        )
+        for i in range(5):
+            expected = _brute_force_scores(model, queries[1, i], 1, metric).topk(3)
+            assert torch.equal(found.indices[i], expected.indices)

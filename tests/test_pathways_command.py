@@ -19,8 +19,19 @@ def test_pathways_command_writes_json_and_figures(tmp_path):
         assert (out / name).stat().st_size > 0
     result = json.loads((out / "pathways.json").read_text())
     main_point = result["main"]
-    methods = {"generator", "random", "top_k_activation", "gradient_x_activation"}
+    methods = {"generator", "random", "top_k_activation", "gradient_x_activation", "class_mean_gradient_x_activation"}
     assert set(main_point["faithfulness"]) == methods
+    assert set(main_point["paper_metrics"]) == methods
+    for name in methods:  # every method keeps the generator's channel counts: the same sparsity
+        assert main_point["paper_metrics"][name]["sparsity"] == pytest.approx(
+            main_point["paper_metrics"]["generator"]["sparsity"]
+        )
+    sweep = result["density_sweep"]["class_mean_gradient_x_activation"]
+    assert [p["fraction"] for p in sweep] == sorted(p["fraction"] for p in sweep)
+    assert all(a["density"] < b["density"] for a, b in zip(sweep, sweep[1:], strict=False))
+    assert set(result["adaptive_fraction"]) == {
+        f"{n}@{r}" for n in ("class_mean_gradient_x_activation", "gradient_x_activation") for r in (0.0, 0.9)
+    }
     assert set(main_point["layer_sparsity"]) == methods
     # baselines keep exactly the generator's number of channels per layer
     for name in methods - {"generator"}:
@@ -37,6 +48,7 @@ def test_pathways_command_rejects_bad_arguments(tmp_path):
     args = parser.parse_args(["pathways", "--out", str(tmp_path), "--sparsity-weights", "a,b"])
     with pytest.raises(ValueError, match="--sparsity-weights: expected comma-separated numbers"):
         args._run(args)
-    args = parser.parse_args(["pathways", "--out", str(tmp_path), "--epochs", "0"])
-    with pytest.raises(ValueError, match="--epochs: expected a positive integer"):
-        args._run(args)
+    with pytest.raises(SystemExit):  # refused at parsing (argparse prints the reason)
+        parser.parse_args(["pathways", "--out", str(tmp_path), "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pathways", "--out", str(tmp_path), "--gp-steps", "-1"])

@@ -16,23 +16,30 @@ from gpex_gpytorch.explain.pathways import (
     PathwayObjective,
     binarize,
     class_iou,
+    class_mean_scores,
     class_pathways,
     class_relevance_loss,
+    class_scores_for,
     deletion_insertion_curves,
     faithfulness,
     faithfulness_gate,
     faithfulness_loss,
+    fraction_masks,
     gradient_x_activation_scores,
     kernel_similarity,
     layer_sparsity,
     mask_density,
     mask_iou,
     matched_counts,
+    minimal_faithful_masks,
     pairwise_iou,
+    paper_metrics,
     pathway_embedding_correlation,
+    pathway_kernel_survival,
     prototype_loss,
     random_scores,
     sparsity_loss,
+    submodule_inputs,
     top_k_masks,
     transfer_faithfulness,
 )
@@ -231,3 +238,101 @@ def test_generator_shapes_and_errors():
         generator({"a": torch.randn(2, 3)})
     with pytest.raises(ValueError, match="summaries: missing read layers"):
         generator({"b": torch.randn(2, 3)}, torch.ones(2, 2))
+
+
+def test_class_mean_scores_and_lookup():
+    scores = {"layer": torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [0.0, 10.0]])}
+    table = class_mean_scores(scores, torch.tensor([0, 0, 1, 1]), 3)
+    assert torch.equal(table["layer"], torch.tensor([[2.0, 3.0], [5.0, 5.0], [0.0, 0.0]]))  # empty class: zeros
+    looked_up = class_scores_for(table, torch.tensor([2, 0]))
+    assert torch.equal(looked_up["layer"], torch.tensor([[0.0, 0.0], [2.0, 3.0]]))
+    with pytest.raises(ValueError, match="classes"):
+        class_mean_scores(scores, torch.tensor([0, 0, 1, 3]), 3)
+    with pytest.raises(ValueError, match="classes"):
+        class_scores_for(table, torch.tensor([3]))
+
+
+def test_paper_metrics_by_hand():
+    net = Linear2()
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    # full logits [[3,-1],[2,0],[8,-2]]: p(class 0) = sigmoid(4), sigmoid(2), sigmoid(10)
+    masks = {"hidden": torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])}
+    # masked logits [[3,-1],[2,-1],[2,1]]: q = sigmoid(4), sigmoid(3) (> p: an increase), sigmoid(1)
+    s = torch.sigmoid
+    p10, q1 = float(s(torch.tensor(10.0))), float(s(torch.tensor(1.0)))
+    metrics = paper_metrics(net, x, masks)
+    assert metrics["mDC"] == pytest.approx(100.0 * ((p10 - q1) / p10) / 3, rel=1e-6)
+    assert metrics["mIC"] == pytest.approx(100.0 / 3)
+    assert metrics["sparsity"] == pytest.approx(100.0 * 2 / 9)
+    # one class: IoUs 2/3, 2/3, 1/3 over the three pairs
+    assert metrics["acIOU"] == pytest.approx(100.0 * 5 / 9)
+
+
+def test_fraction_masks_and_minimal_faithful_fraction():
+    scores = {"a": torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])}
+    assert fraction_masks(scores, 0.5)["a"].tolist() == [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]]
+    assert fraction_masks(scores, torch.tensor([0.2, 1.0]))["a"].sum(1).tolist() == [1, 5]
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction"):
+            fraction_masks(scores, bad)
+
+    net = Linear2()
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    ranking = {"hidden": torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.5], [1.0, 0.0, 0.0]])}
+    masks, chosen = minimal_faithful_masks(net, x, ranking, fractions=(1 / 3, 2 / 3, 1.0))
+    # instance 1 keeping only unit 1 predicts class 1; with units 1 and 2 it is back to class 0
+    torch.testing.assert_close(chosen, torch.tensor([1 / 3, 2 / 3, 1 / 3], dtype=torch.float64))
+    assert masks["hidden"].tolist() == [[0, 0, 1], [0, 1, 1], [1, 0, 0]]
+    assert faithfulness(net, x, masks)["agreement"] == 1.0
+    # asking for 99% of the confidence: instance 0 on unit 2 alone keeps sigmoid(3)/sigmoid(4) = 0.97 only
+    _, strict = minimal_faithful_masks(net, x, ranking, fractions=(1 / 3, 2 / 3, 1.0), min_confidence_ratio=0.99)
+    assert strict[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="fractions"):
+        minimal_faithful_masks(net, x, ranking, fractions=(0.0, 0.5))
+    with pytest.raises(ValueError, match="min_confidence_ratio"):
+        minimal_faithful_masks(net, x, ranking, min_confidence_ratio=1.5)
+
+
+def test_gp_survival_against_brute_force():
+    from gpex_gpytorch.kernels import CachedDeepKernel
+    from gpex_gpytorch.models import GPEXModel
+
+    torch.manual_seed(0)
+    pipeline = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    x, inducing_x = torch.randn(30, 4), torch.randn(40, 4)
+    masks = {"0": (torch.rand(30, 6) > 0.4).float()}
+    masked = submodule_inputs(pipeline, "2", x, masks)
+    with torch.no_grad():
+        torch.testing.assert_close(masked, torch.relu(pipeline[0](x) * masks["0"]))
+        full = submodule_inputs(pipeline, "2", x)
+        torch.testing.assert_close(full, torch.relu(pipeline[0](x)))
+        inducing = torch.relu(pipeline[0](inducing_x))
+        kernel = CachedDeepKernel(nn.Linear(6, 3 * 2), num_inducing=40, num_heads=3, embedding_dim=2)
+        kernel.fill(inducing)
+        gp = GPEXModel(kernel, pipeline[2](inducing), noise=0.5)
+    same = pathway_kernel_survival(gp, full, full, k=5)
+    assert (same.embedding_cosine, same.neighbour_overlap, same.prediction_agreement) == pytest.approx((1, 1, 1))
+
+    result = pathway_kernel_survival(gp, full, masked, k=5)
+    with torch.no_grad():
+        heads = gp.predict(full)[0].argmax(1)
+        rows = torch.arange(30)
+        a, b = kernel.embed(full)[heads, rows].double(), kernel.embed(masked)[heads, rows].double()
+        cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+        # Neighbours by kernel correlation (the default metric): cosines of the embeddings.
+        u = torch.nn.functional.normalize(kernel.embed(inducing).double(), dim=-1)  # (H, M, D)
+        a_unit, b_unit = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        top_full = torch.einsum("nd,nmd->nm", a_unit, u[heads]).topk(5, dim=1).indices
+        top_masked = torch.einsum("nd,nmd->nm", b_unit, u[heads]).topk(5, dim=1).indices
+        overlap = [len(set(f.tolist()) & set(m.tolist())) / 5 for f, m in zip(top_full, top_masked, strict=True)]
+        kept = (gp.predict(masked)[0].argmax(1) == heads).double().mean()
+    assert result.embedding_cosine == pytest.approx(float(cosine.mean()), abs=1e-6)
+    assert result.neighbour_overlap == pytest.approx(sum(overlap) / 30)
+    assert result.prediction_agreement == pytest.approx(float(kept))
+    assert result.embedding_cosine < 1.0  # the masks did change the input
+    with pytest.raises(ValueError, match="masked_inputs"):
+        pathway_kernel_survival(gp, full, masked[:5])
+    with pytest.raises(ValueError, match="submodule"):
+        submodule_inputs(pipeline, "head", x)
+    with pytest.raises(ValueError, match="masks"):
+        submodule_inputs(pipeline, "2", x, {"0": masks["0"][:3]})

@@ -8,11 +8,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from gpex_gpytorch.datasets import digits
 from gpex_gpytorch.explain.principal_components import Ablation, ablated, evaluate, fit_layer_pca
-
-digits = pytest.importorskip("gpex_gpytorch.datasets.digits")
-digits_cnn = pytest.importorskip("gpex_gpytorch.models.digits_cnn")
-pytest.importorskip("gpex_gpytorch.models.classifier_training")
+from gpex_gpytorch.models import digits_cnn
 
 
 def test_gpex_pca_writes_json_and_figures(tmp_path) -> None:
@@ -39,8 +37,17 @@ def test_gpex_pca_writes_json_and_figures(tmp_path) -> None:
         # everything ablated, whichever basis and order: the same constant layer output
         finals = {curve["score"][-1] for curve in layer["ablation"].values()}
         assert max(finals) - min(finals) < 1e-9, key
+        assert set(layer["figures"]) == {"completeness", "grid_quantile", "grid_top", "grid_nearest"}
         for name in layer["figures"].values():
             assert (out / name).read_bytes()[:4] == b"\x89PNG"
+        for basis in ("pc", "neuron", "random"):
+            summary_basis = layer["interpretability"][basis]
+            assert len(summary_basis["directions"]) == min(32, f)
+            purity = summary_basis["extremes"]["purity_top"]
+            assert summary_basis["mean_extremes"]["purity_top"] == pytest.approx(sum(purity) / len(purity))
+            assert all(1 / 10 <= v <= 1.0 for v in purity)  # at least 1 of 10 classes among 50 images
+            # quantile rows are ordered by score: monotonicity 1 unless scores tie (dead ReLU units)
+            assert layer["grids"]["quantile"][basis]["rows"][0]["coverage"] > 0.5
     assert summary["layers"]["penultimate_post"]["num_features"] == 48
 
 

@@ -144,8 +144,9 @@ def test_gpex_wrapper_reads_the_model_and_validates() -> None:
 
 
 def test_real_gpex_model_posterior_mean_is_reproduced() -> None:
-    models = pytest.importorskip("gpex_gpytorch.models.gpex_model")
-    kernels = pytest.importorskip("gpex_gpytorch.kernels")
+    from gpex_gpytorch import kernels
+    from gpex_gpytorch.models import gpex_model as models
+
     torch.manual_seed(0)
     h, d, m = 3, 4, 40
     network = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, h * d))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import TensorDataset
 
 from gpex_gpytorch.explain.principal_components import (
     StreamingPCA,
+    fit_layer_pca,
     k_for_fraction,
     pca_lowrank,
     variance_completeness,
@@ -115,3 +118,65 @@ def test_bad_inputs_raise_value_errors_naming_the_argument() -> None:
     with pytest.raises(ValueError, match="fraction"):
         k_for_fraction(torch.tensor([0.5, 1.0]), 1.5)
     assert k_for_fraction(torch.tensor([0.5, 0.9]), 0.95) is None
+
+
+def _aligned(components: torch.Tensor, reference: np.ndarray) -> torch.Tensor:
+    """Flip each row of ``components`` to the sign of the matching row of ``reference``."""
+    ref = torch.as_tensor(reference, dtype=torch.float64)
+    signs = torch.sign((components * ref).sum(1, keepdim=True))
+    return components * signs
+
+
+def test_streaming_and_layer_pca_equal_scikit_learn() -> None:
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(3)
+    mixing = torch.randn(12, 12, generator=g, dtype=torch.float64) * torch.logspace(1, -1, 12, dtype=torch.float64)
+    x = torch.randn(300, 12, generator=g, dtype=torch.float64) @ mixing + 2.0
+    reference = PCA().fit(x.numpy())
+    result = feed(StreamingPCA(), x, [7, 100, 1]).result()
+    torch.testing.assert_close(
+        result.eigenvalues, torch.as_tensor(reference.explained_variance_), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(
+        result.explained_variance_ratio, torch.as_tensor(reference.explained_variance_ratio_), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(result.mean, torch.as_tensor(reference.mean_), rtol=1e-12, atol=1e-12)
+    components = _aligned(result.components, reference.components_)
+    torch.testing.assert_close(components, torch.as_tensor(reference.components_), rtol=1e-8, atol=1e-8)
+    scores = result.project(x, 4) * torch.sign((result.components[:4] * components[:4]).sum(1))
+    torch.testing.assert_close(scores, torch.as_tensor(reference.transform(x.numpy())[:, :4]), rtol=1e-8, atol=1e-8)
+
+    # the same through a layer hook: the PCA of a Linear layer's outputs
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 6), torch.nn.Tanh()).double()
+    with torch.no_grad():
+        outputs = net[0](x)
+    fitted = fit_layer_pca(net, "0", TensorDataset(x), batch_size=64)
+    layer_reference = PCA(n_components=6).fit(outputs.numpy())
+    torch.testing.assert_close(
+        fitted.pca.eigenvalues, torch.as_tensor(layer_reference.explained_variance_), rtol=1e-9, atol=1e-12
+    )
+    low = pca_lowrank(x, 3, niter=8)
+    torch.testing.assert_close(
+        low.eigenvalues, torch.as_tensor(reference.explained_variance_[:3]), rtol=1e-6, atol=1e-9
+    )
+
+
+def test_fewer_samples_than_components_names_the_argument() -> None:
+    from sklearn.decomposition import PCA
+
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="n_components"):
+        PCA(n_components=6).fit(x.numpy())  # scikit-learn refuses the same request
+    pca = StreamingPCA().update(x)
+    with pytest.raises(ValueError, match=r"num_components: expected at most the 5 samples"):
+        pca.result(num_components=6)
+    assert pca.result(num_components=5).num_components == 5
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8)).double()
+    with pytest.raises(ValueError, match="num_components"):
+        fit_layer_pca(net, "0", x, num_components=6)
+    with pytest.raises(ValueError, match="num_components"):
+        pca_lowrank(x, 6)
+    with pytest.raises(ValueError, match="layer"):
+        fit_layer_pca(net, "missing", x)

@@ -109,3 +109,29 @@ def test_bad_inputs() -> None:
         similarity_maps(wrong, x, inducing[:6].reshape(2, 3, 1, 6, 6), heads=0)
     with pytest.raises(ValueError, match="k: expected"):
         nearest_neighbours(model, x, k=11)
+
+
+def test_maps_relative_to_a_baseline_sum_to_the_similarity_minus_the_offset() -> None:
+    torch.manual_seed(0)
+    inducing = torch.randn(30, 1, 6, 6)
+    model = _model(_random_cnn(), inducing)
+    x = torch.randn(4, 1, 6, 6)
+    blank = torch.zeros(1, 6, 6)
+    neighbours = nearest_neighbours(model, x, k=3)
+    plain = neighbour_similarity_maps(model, x, inducing, neighbours)
+    maps = neighbour_similarity_maps(model, x, inducing, neighbours, baseline=blank)
+    with torch.no_grad():
+        dense_b = model.covar_module(blank[None], inducing).to_dense().double()  # shape: (H, 1, M)
+        dense_x = model.covar_module(x, blank[None]).to_dense().double()  # shape: (H, N, 1)
+    expected_input = dense_b[neighbours.heads[:, None], 0, neighbours.indices]
+    expected_neighbour = dense_x[neighbours.heads, torch.arange(4), 0][:, None].expand(4, 3)
+    assert (maps.input_offsets - expected_input).abs().max() < 1e-5
+    assert (maps.neighbour_offsets - expected_neighbour).abs().max() < 1e-5
+    total = maps.similarities
+    torch.testing.assert_close(maps.input_maps.sum((-2, -1)) + maps.input_offsets, total, atol=1e-10, rtol=0)
+    torch.testing.assert_close(maps.neighbour_maps.sum((-2, -1)) + maps.neighbour_offsets, total, atol=1e-10, rtol=0)
+    torch.testing.assert_close(maps.similarities, plain.similarities)
+    assert plain.input_offsets.eq(0).all() and plain.neighbour_offsets.eq(0).all()
+    assert not torch.allclose(maps.input_maps, plain.input_maps)  # the baseline's per-position terms are gone
+    with pytest.raises(ValueError, match="baseline"):
+        neighbour_similarity_maps(model, x, inducing, neighbours, baseline=torch.zeros(6, 6))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,13 @@ from torch.utils.data import TensorDataset
 
 from ..datasets import load_digits
 from ..distillation import Distiller, faithfulness, load_checkpoint, plot_faithfulness, predict_gp_and_ann
+from ..distillation.checkpointing import _load_failure_reason
 from ..explain import nearest_neighbours
 from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
+from .arguments import integer_at_least
 
 # Settings that reach Pearson >= 0.999 and full GP-CNN agreement on held-out digits in about two
 # minutes on 2 cores
@@ -35,10 +39,14 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the CNN and the distillation")
-    parser.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="distillation steps")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of CNN training (batch 32)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the data split, the CNN and the distillation"
+    )
+    parser.add_argument("--steps", type=integer_at_least(1), default=DEMO_SETTINGS["steps"], help="distillation steps")
+    parser.add_argument("--epochs", type=integer_at_least(1), default=10, help="epochs of CNN training (batch 32)")
+    parser.add_argument(
+        "--threads", type=integer_at_least(1), default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -77,9 +85,19 @@ def load_demo(out_dir: str | Path) -> tuple[nn.Module, GPEXModel, TensorDataset,
 
 
 def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The network's ``state_dict`` saved by ``gpex demo``, loaded without unpickling anything but tensors."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
+        reason = _load_failure_reason(error)
+        raise ValueError(
+            f"checkpoint: {path} is truncated or corrupted, or not the network's weights ({reason})"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint: {path} does not hold a state_dict of tensors")
+    return state
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,11 +3,13 @@
 Reads the folder written by ``gpex demo --out DIR`` and writes into ``--out``:
 
 * ``report.html`` — self-contained (images inline): per-head faithfulness on the test split,
-  the uncertainty AUROC, and the neighbour grids;
+  the misclassification AUROC of each uncertainty score with bootstrap intervals beside the
+  max-softmax and logit-margin baselines, and the neighbour grids;
 * ``neighbours.png`` — the first test digits, each with its nearest training digits in the kernel
   space of the predicted class's head (similarity and label under each);
 * ``misclassified.png`` — the same for test digits the network gets wrong (when there are any);
-* ``explain.json`` — faithfulness and uncertainty summaries, and the neighbours shown.
+* ``explain.json`` — faithfulness and uncertainty summaries, the neighbours shown (score under
+  ``--metric`` and kernel value) and their hubness diagnostic.
 """
 
 from __future__ import annotations
@@ -22,15 +24,25 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex explain`` options to ``parser``."""
+    from ..explain.kernel_similarity import DEFAULT_METRIC, SIMILARITY_METRICS
+
     parser.add_argument("--checkpoint", type=Path, required=True, help="the folder written by `gpex demo --out`")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--num-test", type=int, default=8, help="test digits per grid (default 8)")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per test digit (default 10)")
+    parser.add_argument("--num-test", type=integer_at_least(1), default=8, help="test digits per grid (default 8)")
+    parser.add_argument("--k", type=integer_at_least(1), default=10, help="neighbours per test digit (default 10)")
+    parser.add_argument(
+        "--metric",
+        choices=SIMILARITY_METRICS,
+        default=DEFAULT_METRIC,
+        help=f"how neighbours are ranked in kernel space (default {DEFAULT_METRIC}; see docs/explanations.md)",
+    )
 
 
 def _neighbour_records(
@@ -38,7 +50,12 @@ def _neighbour_records(
 ) -> list[dict[str, Any]]:
     records = []
     for row, index in enumerate(indices.tolist()):
-        pairs = zip(neighbours.indices[row].tolist(), neighbours.similarities[row].tolist(), strict=True)
+        pairs = zip(
+            neighbours.indices[row].tolist(),
+            neighbours.similarities[row].tolist(),
+            neighbours.kernel_values[row].tolist(),
+            strict=True,
+        )
         records.append(
             {
                 "test_index": index,
@@ -48,8 +65,13 @@ def _neighbour_records(
                 "gp_mean": float(neighbours.mean[row]),
                 "gp_variance": float(neighbours.variance[row]),
                 "neighbours": [
-                    {"train_index": int(m), "label": int(train.tensors[1][m]), "similarity": float(s)}
-                    for m, s in pairs
+                    {
+                        "train_index": int(m),
+                        "label": int(train.tensors[1][m]),
+                        "similarity": float(s),
+                        "kernel_value": float(v),
+                    }
+                    for m, s, v in pairs
                 ],
             }
         )
@@ -57,14 +79,23 @@ def _neighbour_records(
 
 
 def _grid(
-    model: nn.Module, test: TensorDataset, train: TensorDataset, indices: torch.Tensor, k: int, title: str
+    model: nn.Module,
+    test: TensorDataset,
+    train: TensorDataset,
+    indices: torch.Tensor,
+    k: int,
+    title: str,
+    metric: str,
 ) -> tuple[bytes, Any]:
     from ..explain import nearest_neighbours, neighbour_similarity_maps
     from ..explain.figures import figure_png, neighbour_grid
     from ..explain.similarity_maps import SpatialKernelNetwork
 
     x = test.tensors[0][indices]
-    neighbours = nearest_neighbours(model, x, k=k, heads="predicted")  # type: ignore[arg-type]
+    # The cache's staleness is checked against the training digits (a warning if it is stale).
+    neighbours = nearest_neighbours(  # type: ignore[arg-type]
+        model, x, k=k, heads="predicted", metric=metric, inducing_inputs=train.tensors[0], hub_warning=None
+    )
     maps = None
     if isinstance(model.covar_module.feature_extractor, SpatialKernelNetwork):  # type: ignore[union-attr]
         maps = neighbour_similarity_maps(model, x, train.tensors[0], neighbours)  # type: ignore[arg-type]
@@ -93,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         ann, model, train, test = load_demo(args.checkpoint)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # a missing or corrupted demo folder
         print(f"gpex explain: error: {error}", file=sys.stderr)
         return 2
     if model.covar_module.num_inducing != len(train):
@@ -114,13 +145,14 @@ def run(args: argparse.Namespace) -> int:
     if wrong.numel():
         panels.append(("misclassified.png", wrong, "test digits the network misclassifies"))
 
-    figures, shown = [], {}
+    figures, shown, hubness = [], {}, {}
     for filename, indices, title in panels:
-        png, neighbours = _grid(model, test, train, indices, args.k, title)
+        png, neighbours = _grid(model, test, train, indices, args.k, title, args.metric)
+        hubness[title] = neighbours.hubness()
         (out / filename).write_bytes(png)
         caption = (
             f"{title}: each row a test digit (label y, head of the network's predicted class), then its "
-            f"{args.k} nearest training digits in that head's kernel space (label y, similarity s)"
+            f"{args.k} nearest training digits in that head's kernel space (label y, kernel {args.metric} s)"
         )
         figures.append((caption, png))
         shown[filename.removesuffix(".png")] = _neighbour_records(indices, ann_pred, test, train, neighbours)
@@ -138,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "uncertainty": uncertainty.summary(),
         "k": args.k,
+        "metric": args.metric,
+        "hubness": {name: stats.summary() for name, stats in hubness.items()},
         **shown,
     }
     (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -148,15 +182,26 @@ def run(args: argparse.Namespace) -> int:
         uncertainty=uncertainty,
         figures=figures,
         head_names=[f"digit {d}" for d in range(model.num_heads)],
+        hubness=hubness,
+        metric=args.metric,
         notes=(
             "One GP per logit of the network. Faithfulness: Pearson correlation of GP mean and logit on the "
-            "test split. Uncertainty: how well the posterior variance of the predicted class's head flags the "
-            "network's misclassifications (AUROC; 0.5 is chance)."
+            "test split. Uncertainty: how well each score (the network's max-softmax and logit margin as baselines, "
+            "and the GPs' posterior scores) flags the network's misclassifications (AUROC with bootstrap intervals; "
+            "0.5 is chance, below 0.5 worse than chance)."
         ),
     )
-    auroc = "n/a" if uncertainty.auroc is None else f"{uncertainty.auroc:.3f}"
-    print(
-        f"Pearson mean {report.pearson_mean:.4f}; misclassification AUROC of the variance {auroc} "
-        f"({uncertainty.num_errors} errors / {uncertainty.num_samples}); wrote {out}/report.html, explain.json"
-    )
+    if uncertainty.detection is None:
+        detection_line = f"AUROC undefined ({uncertainty.num_errors} errors / {uncertainty.num_samples})"
+    else:
+        parts = [
+            f"{s.name} {s.auroc:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+            + (f" (below 0.5: {s.verdict().split(';')[0]})" if s.auroc < 0.5 else "")
+            for s in uncertainty.detection.scores
+        ]
+        detection_line = (
+            f"misclassification AUROC, 95 % intervals ({uncertainty.num_errors} errors / "
+            f"{uncertainty.num_samples}): " + "; ".join(parts)
+        )
+    print(f"Pearson mean {report.pearson_mean:.4f}; {detection_line}; wrote {out}/report.html, explain.json")
     return 0

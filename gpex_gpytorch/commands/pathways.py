@@ -3,12 +3,18 @@
 Trains the digits CNN, then a pathway generator over its three conv layers and its penultimate
 layer, for each of several sparsity weights (the first listed weight is the main operating
 point). On the test split it measures, for the generator and for random / top-k activation /
-gradient x activation masks with the *same number of kept channels per instance and layer*:
+gradient x activation / class-mean gradient x activation masks (the class's mean score over the
+training split, looked up by the predicted class) with the *same number of kept channels per
+instance and layer*: the GEN-CNP paper's metrics (mIC, mDC, sparsity, acIOU) and
 faithfulness (agreement, confidence ratio, KL, accuracy), insertion/deletion curves of the channel
 rankings, per-layer sparsity, intra- vs inter-class mask IoU, transfer of class pathways learnt on
 the training split, and the Spearman correlation between pathway IoU and kernel similarity in an
-embedding space (the CNN's penultimate features by default -- the GP kernel space plugs in through
-the same ``embed`` interface -- and raw pixels as a reference).
+embedding space (the CNN's penultimate features and raw pixels). It also sweeps the density of
+the gradient-based baselines (faithfulness at fixed keep fractions, for sparsity-at-equal-
+faithfulness comparisons), searches the smallest faithful fraction of the class-mean ranking per
+instance, and, with ``--gp-steps N``, distils a GPEX model of the CNN's classifier head and
+measures how much of its view of each input survives each pathway
+(:func:`~gpex_gpytorch.explain.pathways.pathway_kernel_survival`).
 
 Writes ``DIR/pathways.json`` and the figures ``DIR/class_masks.png`` (per-class mean masks),
 ``DIR/layer_sparsity.png`` (per-layer sparsity and per-instance density) and
@@ -26,19 +32,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 MASK_LAYERS = ("features.0", "features.2", "features.5", "penultimate.1")
 CURVE_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SWEEP_FRACTIONS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+SWEPT_METHODS = ("class_mean_gradient_x_activation", "gradient_x_activation", "top_k_activation")
+GP_SUBMODULE = "classifier"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex pathways`` options to ``parser``."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the CNN and the generator (default 0)")
-    parser.add_argument("--width", type=int, default=1024, help="width of the CNN's penultimate layer (default 1024)")
-    parser.add_argument("--cnn-epochs", type=int, default=15, help="training epochs of the CNN (default 15)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs of each generator (default 30)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the split, the CNN and the generator (default 0)"
+    )
+    parser.add_argument(
+        "--width", type=integer_at_least(1), default=1024, help="width of the CNN's penultimate layer (default 1024)"
+    )
+    parser.add_argument(
+        "--cnn-epochs", type=integer_at_least(1), default=15, help="training epochs of the CNN (default 15)"
+    )
+    parser.add_argument(
+        "--epochs", type=integer_at_least(1), default=30, help="training epochs of each generator (default 30)"
+    )
     parser.add_argument(
         "--sparsity-weights",
         type=str,
@@ -52,9 +71,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also train, at the main sparsity weight, the generator without the faithfulness gate, without the "
         "class-relevance term, with the prototype term, without class conditioning and with soft masks only",
     )
-    parser.add_argument("--permutations", type=int, default=199, help="Mantel permutations (default 199)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads for this run (default 0: leave torch's setting)"
+        "--permutations", type=integer_at_least(0), default=199, help="Mantel permutations (default 199)"
+    )
+    parser.add_argument(
+        "--gp-steps",
+        type=integer_at_least(0),
+        default=0,
+        help="distil a GPEX model of the classifier head for this many steps and measure how much of its "
+        "explanation survives each pathway (default 0: skip)",
+    )
+    parser.add_argument(
+        "--gp-neighbours", type=integer_at_least(1), default=10, help="kernel neighbours compared (default 10)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=integer_at_least(0),
+        default=0,
+        help="torch intra-op threads for this run (default 0: leave torch's setting)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -75,6 +109,10 @@ def _check_args(args: argparse.Namespace) -> list[float]:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if args.permutations < 0:
         raise ValueError(f"--permutations: expected >= 0, got {args.permutations}")
+    if args.gp_steps < 0:
+        raise ValueError(f"--gp-steps: expected >= 0, got {args.gp_steps}")
+    if args.gp_neighbours < 1:
+        raise ValueError(f"--gp-neighbours: expected a positive integer, got {args.gp_neighbours}")
     if args.threads < 0:
         raise ValueError(f"--threads: expected >= 0, got {args.threads}")
     return _parse_weights(args.sparsity_weights)
@@ -140,14 +178,19 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
 
     # --- baselines' channel scores (fixed across operating points) -------------------------------
     t0 = time.perf_counter()
+    scores_train = {
+        "top_k_activation": pw.activation_scores(model, x_train, layers),
+        "gradient_x_activation": pw.gradient_x_activation_scores(model, x_train, layers),
+    }
+    # class-mean gradient x activation: computed once per class on the training split, then looked
+    # up by the predicted class (no backward pass at test time)
+    class_table = pw.class_mean_scores(scores_train["gradient_x_activation"], predicted_train, 10)
+    scores_train["class_mean_gradient_x_activation"] = pw.class_scores_for(class_table, predicted_train)
     scores = {
         "random": pw.random_scores(channels, len(x_test), seed=args.seed),
         "top_k_activation": pw.activation_scores(model, x_test, layers),
         "gradient_x_activation": pw.gradient_x_activation_scores(model, x_test, layers),
-    }
-    scores_train = {
-        "top_k_activation": pw.activation_scores(model, x_train, layers),
-        "gradient_x_activation": pw.gradient_x_activation_scores(model, x_train, layers),
+        "class_mean_gradient_x_activation": pw.class_scores_for(class_table, predicted_test),
     }
 
     # --- faithfulness vs density: every generator against matched baselines --------------------
@@ -155,13 +198,16 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
         masks = explainer.masks(x_test)
         counts = pw.matched_counts(masks)
         entry["density"] = _density(masks)
+        entry["instance_density"] = _describe(pw.mask_density(masks))
+        compared = {"generator": masks} | {n: pw.top_k_masks(score, counts) for n, score in scores.items()}
         entry["faithfulness"] = {
-            "generator": pw.faithfulness(model, x_test, masks, labels=y_test, full_logits=full_test)
+            name: pw.faithfulness(model, x_test, m, labels=y_test, full_logits=full_test)
+            for name, m in compared.items()
         }
-        for name, score in scores.items():
-            entry["faithfulness"][name] = pw.faithfulness(
-                model, x_test, pw.top_k_masks(score, counts), labels=y_test, full_logits=full_test
-            )
+        entry["paper_metrics"] = {
+            name: pw.paper_metrics(model, x_test, m, classes=predicted_test, full_logits=full_test)
+            for name, m in compared.items()
+        }
 
     # --- main operating point: everything else ---------------------------------------------------
     main, explainer = runs[0], explainers[0]
@@ -184,8 +230,42 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
                 int(k): float(instance_density[predicted_test == k].mean()) for k in torch.unique(predicted_test)
             },
             "faithfulness": main["faithfulness"],
+            "paper_metrics": main["paper_metrics"],
         },
     }
+
+    # --- density sweep of the gradient-based baselines (sparsity at equal faithfulness) ------------
+    sweep: dict[str, list[dict[str, Any]]] = {}
+    for name in SWEPT_METHODS:
+        sweep[name] = []
+        for fraction in SWEEP_FRACTIONS:
+            m = pw.fraction_masks(scores[name], fraction)
+            sweep[name].append(
+                {
+                    "fraction": fraction,
+                    "density": _density(m),
+                    "faithfulness": pw.faithfulness(model, x_test, m, full_logits=full_test),
+                    "paper_metrics": pw.paper_metrics(model, x_test, m, classes=predicted_test, full_logits=full_test),
+                }
+            )
+    result["density_sweep"] = sweep
+
+    # --- instance-specific sparsity by search: smallest faithful fraction of a ranking, per input ---
+    adaptive: dict[str, Any] = {}
+    for name in ("class_mean_gradient_x_activation", "gradient_x_activation"):
+        for ratio in (0.0, 0.9):
+            m, chosen = pw.minimal_faithful_masks(
+                model, x_test, scores[name], min_confidence_ratio=ratio, full_logits=full_test
+            )
+            adaptive[f"{name}@{ratio}"] = {
+                "ranking": name,
+                "min_confidence_ratio": ratio,
+                "fraction": _describe(chosen),
+                "density": _describe(pw.mask_density(m)),
+                "faithfulness": pw.faithfulness(model, x_test, m, full_logits=full_test),
+                "paper_metrics": pw.paper_metrics(model, x_test, m, classes=predicted_test, full_logits=full_test),
+            }
+    result["adaptive_fraction"] = adaptive
 
     curves: dict[str, Any] = {}
     for name, score in ({"generator": explainer.scores(x_test)} | scores).items():
@@ -225,6 +305,11 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
             connection[name][space] = corr.__dict__
     result["main"]["embedding_correlation"] = connection
     timings["evaluation_s"] = time.perf_counter() - t0
+
+    if args.gp_steps:
+        t0 = time.perf_counter()
+        result["gp_survival"] = _gp_survival(args, model, train, x_test, method_masks)
+        timings["gp_s"] = time.perf_counter() - t0
 
     if args.ablations:
         t0 = time.perf_counter()
@@ -271,6 +356,8 @@ def _ablations(
         predicted_train = model(x_train).argmax(1)
     activation = pw.activation_scores(model, x_test, layers)
     gradient = pw.gradient_x_activation_scores(model, x_test, layers)
+    class_table = pw.class_mean_scores(pw.gradient_x_activation_scores(model, x_train, layers), predicted_train, 10)
+    class_mean = pw.class_scores_for(class_table, predicted)
     report: dict[str, Any] = {}
     for name, (objective, config, build) in variants.items():
         cfg = pw.PathwayTrainingConfig(
@@ -298,9 +385,46 @@ def _ablations(
             "gradient_x_activation_matched": pw.faithfulness(
                 model, x_test, pw.top_k_masks(gradient, counts), full_logits=full_test
             ),
+            "class_mean_gradient_x_activation_matched": pw.faithfulness(
+                model, x_test, pw.top_k_masks(class_mean, counts), full_logits=full_test
+            ),
             "class_iou": {"intra": iou.intra, "inter": iou.inter},
             "transfer": pw.transfer_faithfulness(model, x_test, pathways, full_logits=full_test),
         }
+    return report
+
+
+def _gp_survival(
+    args: argparse.Namespace, model: nn.Module, train: Any, x_test: Tensor, method_masks: dict[str, dict[str, Tensor]]
+) -> dict[str, Any]:
+    """Distil the classifier head into a GPEX model; compare its view of full and pathway-masked inputs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ..explain import SubmoduleExplainer
+    from ..explain import pathways as pw
+
+    explainer = SubmoduleExplainer(
+        model,
+        GP_SUBMODULE,
+        forward_fn=lambda m, batch: m(batch[0]),
+        steps=args.gp_steps,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    explainer.fit(DataLoader(train, batch_size=256, shuffle=False))
+    test_report = explainer.score(DataLoader(TensorDataset(x_test), batch_size=256, shuffle=False))
+    full = pw.submodule_inputs(model, GP_SUBMODULE, x_test)
+    report: dict[str, Any] = {
+        "submodule": GP_SUBMODULE,
+        "steps": args.gp_steps,
+        "test_pearson_mean": test_report.pearson_mean,
+        "test_pearson_min": test_report.pearson_min,
+        "methods": {},
+    }
+    for name, masks in method_masks.items():
+        masked = pw.submodule_inputs(model, GP_SUBMODULE, x_test, masks)
+        survival = pw.pathway_kernel_survival(explainer.model_, full, masked, k=args.gp_neighbours)
+        report["methods"][name] = survival.to_dict() | {"cosine": _describe(survival.per_input_cosine)}
     return report
 
 
@@ -329,6 +453,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     parts = [f"--out {args.out}", f"--seed {args.seed}", f"--width {args.width}", f"--cnn-epochs {args.cnn_epochs}"]
     parts += [f"--epochs {args.epochs}", f"--sparsity-weights {args.sparsity_weights}"]
     parts += [f"--permutations {args.permutations}"] + ([f"--threads {args.threads}"] if args.threads else [])
+    parts += [f"--gp-steps {args.gp_steps}", f"--gp-neighbours {args.gp_neighbours}"] if args.gp_steps else []
     parts += ["--ablations"] if args.ablations else []
     return parts
 
@@ -399,7 +524,7 @@ def _figures(
 
     # faithfulness vs density and insertion/deletion curves
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    methods = ["generator", "random", "top_k_activation", "gradient_x_activation"]
+    methods = ["generator", "random", "top_k_activation", "gradient_x_activation", "class_mean_gradient_x_activation"]
     ordered = sorted(runs, key=lambda r: r["density"])
     for method in methods:
         xs = [r["density"] for r in ordered]

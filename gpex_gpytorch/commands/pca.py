@@ -4,9 +4,12 @@ Trains the digits CNN, then for its penultimate layer (after and before the ReLU
 layer: fits the PCA of the layer's activations over the training split, measures completeness 1
 (explained variance of the top-k PCs versus the top-k neurons, the k for 80 % and 99 %) and
 completeness 2 (test accuracy under cumulative ablation of PCs / neurons, by descending and
-ascending variance), and draws image grids along the top PCs and the top neurons.
+ascending variance), and draws image grids along the top PCs, the top neurons and random
+directions, every basis sampled the same way, with each grid row scored (label purity, entropy,
+monotonicity, coverage; :func:`~gpex_gpytorch.explain.principal_components.interpretability_summary`).
 
-Writes ``DIR/pca.json`` and, per layer, ``DIR/completeness_<layer>.png`` and ``DIR/grid_<layer>.png``.
+Writes ``DIR/pca.json`` and, per layer, ``DIR/completeness_<layer>.png`` and
+``DIR/grid_<layer>_<sampling>.png`` for the samplings ``quantile``, ``top`` and ``nearest``.
 """
 
 from __future__ import annotations
@@ -20,17 +23,24 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .arguments import integer_at_least
+
 __all__ = ["configure", "run"]
 
 SPATIAL_CHOICES = ("positions", "pooled", "flatten")
+GRID_SAMPLINGS = ("quantile", "top", "nearest")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex pca`` options to ``parser``."""
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split and the training (default 0)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    parser.add_argument("--width", type=int, default=1024, help="width of the penultimate layer (default 1024)")
+    parser.add_argument(
+        "--seed", type=integer_at_least(0), default=0, help="seed of the data split and the training (default 0)"
+    )
+    parser.add_argument("--epochs", type=integer_at_least(1), default=8, help="training epochs (default 8)")
+    parser.add_argument(
+        "--width", type=integer_at_least(1), default=1024, help="width of the penultimate layer (default 1024)"
+    )
     parser.add_argument(
         "--conv-spatial",
         choices=SPATIAL_CHOICES,
@@ -39,19 +49,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "or the whole map as one vector (flatten); default positions",
     )
     parser.add_argument(
-        "--ablation-points", type=int, default=25, help="values of k per ablation curve (log-spaced, default 25)"
+        "--ablation-points",
+        type=integer_at_least(2),
+        default=25,
+        help="values of k per ablation curve (log-spaced, default 25)",
     )
-    parser.add_argument("--grid-directions", type=int, default=8, help="PCs / neurons per image grid (default 8)")
-    parser.add_argument("--grid-points", type=int, default=8, help="points along each direction (default 8)")
+    parser.add_argument(
+        "--grid-directions", type=integer_at_least(1), default=8, help="PCs / neurons per image grid (default 8)"
+    )
+    parser.add_argument(
+        "--grid-points", type=integer_at_least(1), default=8, help="points along each direction (default 8)"
+    )
+    parser.add_argument(
+        "--metric-directions",
+        type=int,
+        default=32,
+        help="directions per basis scored for the interpretability numbers (default 32)",
+    )
+    parser.add_argument(
+        "--top-m", type=int, default=50, help="top/bottom-scoring inputs whose label purity is measured (default 50)"
+    )
     parser.add_argument(
         "--max-examples",
-        type=int,
+        type=integer_at_least(0),
         default=0,
         help="use only the first N examples of each split (0, the default: all; for quick runs)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer_at_least(0),
         default=1,
         help="torch CPU threads for this run (default 1: on a small, shared machine more threads "
         "oversubscribe the cores and run several times slower; 0 keeps torch's setting)",
@@ -84,7 +110,7 @@ def _conv_post_activation(model: nn.Module, conv_name: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Train the digits CNN, analyse three layers, write ``pca.json`` and the figures. Returns 0."""
-    for name in ("width", "ablation_points", "grid_directions", "grid_points"):
+    for name in ("width", "ablation_points", "grid_directions", "grid_points", "metric_directions", "top_m"):
         if getattr(args, name) < (2 if name == "ablation_points" else 1):
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if args.epochs < 1:
@@ -109,6 +135,7 @@ def _analyse(args: argparse.Namespace) -> int:
         collect_layer_activations,
         default_ablation_ks,
         fit_layer_pca,
+        interpretability_summary,
         pc_vs_neuron_grids,
         plot_completeness,
         variance_completeness,
@@ -147,15 +174,34 @@ def _analyse(args: argparse.Namespace) -> int:
         ks = default_ablation_ks(fitted.pca.num_features, args.ablation_points)
         curves = ablation_curves(model, fitted, test, ks=ks, progress=progress)
         activations = collect_layer_activations(model, layer, train, stage=stage, spatial=spatial)
-        grid = pc_vs_neuron_grids(
-            activations,
-            fitted,
-            train_images,
-            out / f"grid_{key}.png",
-            num_directions=args.grid_directions,
-            num_points=args.grid_points,
-            title=f"digits CNN, {description}: training images along each direction",
-        )
+        grids = {
+            sampling: pc_vs_neuron_grids(
+                activations,
+                fitted,
+                train_images,
+                out / f"grid_{key}_{sampling}.png",
+                num_directions=args.grid_directions,
+                num_points=args.grid_points,
+                sampling=sampling,
+                bases=("pc", "neuron", "random"),
+                seed=args.seed,
+                title=f"digits CNN, {description}: training images per direction ({sampling})",
+            )
+            for sampling in GRID_SAMPLINGS
+        }
+        metric_count = min(args.metric_directions, fitted.pca.num_features)
+        interpretability = {
+            basis: interpretability_summary(
+                activations,
+                fitted,
+                basis=basis,
+                num_directions=metric_count,
+                num_points=args.grid_points,
+                top_m=min(args.top_m, len(train)),
+                seed=args.seed,
+            )
+            for basis in ("pc", "neuron", "random")
+        }
         figure = plot_completeness(
             variance,
             curves,
@@ -183,10 +229,21 @@ def _analyse(args: argparse.Namespace) -> int:
                 "neuron_cumulative": variance.to_dict()["neuron_cumulative"],
             },
             "ablation": {name: curve.to_dict() for name, curve in curves.items()},
-            "figures": {"completeness": str(figure.name), "grid": Path(grid["png"]).name},
-            "grid": {"pc": grid["pc"], "neuron": grid["neuron"]},
+            "figures": {"completeness": str(figure.name)}
+            | {f"grid_{sampling}": Path(str(grid["png"])).name for sampling, grid in grids.items()},
+            "grids": grids,
+            "interpretability": {
+                basis: {k: v for k, v in summary.items() if k != "rows"} for basis, summary in interpretability.items()
+            },
             "seconds": round(time.perf_counter() - layer_started, 2),
         }
+        means = {b: summary["mean"] for b, summary in interpretability.items()}
+        print(
+            f"{description}: nearest-neighbour rows follow the direction (Spearman) "
+            + ", ".join(f"{b} {m['nearest']['monotonicity']:+.2f}" for b, m in means.items())
+            + "; top-m purity "
+            + ", ".join(f"{b} {s['mean_extremes']['purity_top']:.2f}" for b, s in interpretability.items())
+        )
         print(
             f"{description}: F={fitted.pca.num_features}, 80% of variance in {variance.k_pc[0.8]} PCs vs "
             f"{variance.k_neuron[0.8]} neurons, 99% in {variance.k_pc[0.99]} PCs vs {variance.k_neuron[0.99]} neurons"

@@ -27,6 +27,13 @@ TEST_BATCHES = ("test_batch",)
 FOLDER = "cifar-10-batches-py"
 
 
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as protocol 2 pickles ``b""``; any argument is refused (``bytes(10**12)`` would allocate)."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes(...) with arguments: not part of a CIFAR-10 batch")
+    return b""
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     # NumPy 2 moved numpy.core to numpy._core; the original batches (pickled by Python 2 with
     # NumPy 1) name the old module, newer re-pickled files the new one. Map both spellings to
@@ -38,8 +45,11 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        # Python 3 pickles bytes as _codecs.encode(str, "latin1") at protocols < 3.
+        # Python 3 pickles bytes as _codecs.encode(str, "latin1") at protocols < 3 ...
         ("_codecs", "encode"): codecs.encode,
+        # ... and the empty bytes as bytes() (named __builtin__.bytes at protocol 2).
+        ("__builtin__", "bytes"): _empty_bytes,
+        ("builtins", "bytes"): _empty_bytes,
     }
     for module in ("numpy.core", "numpy._core"):
         allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
@@ -79,19 +89,41 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         for candidate in (key.encode(), key):
             if candidate in batch:
                 return batch[candidate]
-        raise ValueError(f"{path}: missing key {key.encode()!r}; found keys {sorted(map(repr, batch))}")
+        # Only plain keys are shown: repr of a crafted nested key could take exponential time.
+        shown = sorted(repr(k) if isinstance(k, (bytes, str)) and len(k) < 100 else type(k).__name__ for k in batch)
+        raise ValueError(f"{path}: missing key {key.encode()!r}; found keys {shown[:20]}")
 
-    data = np.asarray(get("data"))
-    labels = np.asarray(get("labels"))
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_LENGTH:
+    # Types and sizes are checked before any conversion: np.asarray on a crafted object (a label
+    # list whose items share one nested list) can take time exponential in the file's size.
+    data = get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_LENGTH:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(
-            f"{path}: expected b'data' of dtype uint8 and shape (N, {ROW_LENGTH}), got {data.dtype} {data.shape}"
+            f"{path}: expected b'data', a numpy array of dtype uint8 and shape (N, {ROW_LENGTH}), got {found}"
         )
-    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
-        raise ValueError(f"{path}: {data.shape[0]} images but labels of shape {labels.shape}")
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raw_labels = get("labels")
+    if isinstance(raw_labels, np.ndarray):
+        if raw_labels.ndim != 1 or not np.issubdtype(raw_labels.dtype, np.integer):
+            raise ValueError(
+                f"{path}: expected b'labels' as a 1-d integer array, got {raw_labels.dtype} {raw_labels.shape}"
+            )
+        labels = raw_labels.astype(np.int64)
+    elif isinstance(raw_labels, list):
+        bad = next((v for v in raw_labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))), None)
+        if bad is not None:
+            raise ValueError(f"{path}: expected b'labels' as a list of integers, found a {type(bad).__name__}")
+        if any(not 0 <= v < NUM_CLASSES for v in raw_labels):  # also keeps huge ints out of np.array
+            raise ValueError(f"{path}: expected integer labels in 0..{NUM_CLASSES - 1}")
+        labels = np.array(raw_labels, dtype=np.int64)
+    else:
+        raise ValueError(
+            f"{path}: expected b'labels' as a list or 1-d array of integers, got {type(raw_labels).__name__}"
+        )
+    if labels.shape[0] != data.shape[0]:
+        raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise ValueError(f"{path}: expected integer labels in 0..{NUM_CLASSES - 1}")
-    return data, labels.astype(np.int64)
+    return data, labels
 
 
 def _unpickle(f: BinaryIO) -> object:

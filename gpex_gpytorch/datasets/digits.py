@@ -55,6 +55,8 @@ def load_digits(
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed: expected an integer, got {seed!r}")
+    if not 0 <= int(seed) < 2**32:  # scikit-learn's random_state range
+        raise ValueError(f"seed: expected an integer in [0, 2**32), got {seed}")
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size: expected a fraction strictly between 0 and 1, got {test_size!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
-from ..utils import NonFiniteError, check_tensor, nonfinite_rows
-from .checkpointing import load_checkpoint, save_checkpoint
+from ..utils import NonFiniteError, check_input_data, check_tensor, module_dtype, nonfinite_rows
+from .checkpointing import check_writable, load_checkpoint, save_checkpoint
 from .dataset_access import dataset_length, iterate_inputs, take_inputs
 from .default_kernel_network import default_kernel_network
 from .input_mixing import mix_inputs
@@ -38,6 +39,26 @@ def pearson_per_head(a: Tensor, b: Tensor, tol: float = 1e-12) -> Tensor:
     denom = a.norm(dim=0) * b.norm(dim=0)
     corr = (a * b).sum(0) / denom.clamp_min(tol)
     return torch.where(b.norm(dim=0) > tol, corr, torch.full_like(corr, float("nan")))
+
+
+def _check_real(name: str, value: object, *, positive: bool) -> None:
+    """A finite real number, > 0 (``positive``) or >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name}: expected a finite value {'>' if positive else '>='} 0, got {value}")
+
+
+def _check_device(device: object) -> torch.device:
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device: expected a torch.device or a string such as 'cpu', got {type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device: expected a device such as 'cpu' or 'cuda:0', got {device!r}") from error
+    if resolved.type == "meta":
+        raise ValueError("device: expected a device with data (cpu or cuda), got the meta device")
+    return resolved
 
 
 class _Sweep:
@@ -183,10 +204,34 @@ class Distiller:
         ):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
-        if not lr > 0:
-            raise ValueError(f"lr: expected a value > 0, got {lr}")
-        if not noise > 0:
-            raise ValueError(f"noise: expected a value > 0, got {noise}")
+        _check_real("lr", lr, positive=True)
+        _check_real("noise", noise, positive=True)
+        _check_real("ann_noise", ann_noise, positive=False)
+        _check_real("beta", beta, positive=False)
+        for name, flag in (
+            ("learn_noise", learn_noise),
+            ("mix", mix),
+            ("detach_variance", detach_variance),
+            ("progress", progress),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected True or False, got {type(flag).__name__} {flag!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an integer, got {type(seed).__name__} {seed!r}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed}")
+        if embedding_dtype is not None and not (
+            isinstance(embedding_dtype, torch.dtype) and embedding_dtype.is_floating_point
+        ):
+            hint = f" (use torch.{embedding_dtype})" if isinstance(embedding_dtype, str) else ""
+            raise TypeError(
+                f"embedding_dtype: expected None or a floating-point torch.dtype such as torch.bfloat16, got "
+                f"{type(embedding_dtype).__name__} {embedding_dtype!r}{hint}"
+            )
+        if device is not None:
+            _check_device(device)
+        if checkpoint_path is not None and not isinstance(checkpoint_path, (str, Path)):
+            raise TypeError(f"checkpoint_path: expected a str or Path, got {type(checkpoint_path).__name__}")
         if checkpoint_every is not None and checkpoint_path is None:
             raise ValueError("checkpoint_path: required when checkpoint_every is set")
         self.ann = ann
@@ -247,11 +292,13 @@ class Distiller:
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
+        if self.checkpoint_path is not None:
+            check_writable(self.checkpoint_path)  # a read-only folder found now, not after an interval's work
         checkpoint = None if resume is None else load_checkpoint(resume, map_location=device)
         ann_was_training = self.ann.training
         self.ann.eval()
         try:
-            num_heads = self._check_ann(train_dataset, device)
+            num_heads = self._check_ann(train_dataset, device, inducing_dataset)
             run = self._start(train_dataset, inducing_dataset, num_inducing, num_heads, device, checkpoint)
             self._train(run, train_dataset, inducing_dataset, num_train, device)
         finally:
@@ -277,7 +324,8 @@ class Distiller:
         rows = torch.randperm(kernel.embeddings.shape[1], generator=generator)[:4096].to(kernel.embeddings.device)
         before = kernel.embeddings[:, rows].to(torch.float64)
         start = time.perf_counter()
-        kernel.fill(batches, progress=self.progress)
+        # In place: a cache too large to hold twice must still refresh (a failure raises from fit anyway).
+        kernel.fill(batches, progress=self.progress, staged=False)
         seconds = time.perf_counter() - start
         after = kernel.embeddings[:, rows].to(torch.float64)
         norm = torch.linalg.vector_norm(after).clamp_min(1e-300)
@@ -286,7 +334,7 @@ class Distiller:
     # ------------------------------------------------------------------ set-up
     def _device(self) -> torch.device:
         if self.device is not None:
-            return torch.device(self.device)
+            return _check_device(self.device)
         parameter = next(self.ann.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -296,11 +344,35 @@ class Distiller:
         if not isinstance(out, Tensor) or out.dim() != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"ann: expected an output of shape (N, L) (one column per GP head), got {shape}")
+        if out.shape[1] == 0:
+            raise ValueError(
+                f"ann: expected at least one output column (one GP per column), got shape {tuple(out.shape)}"
+            )
         return out
 
-    def _check_ann(self, dataset: Dataset, device: torch.device) -> int:
-        sample = take_inputs(dataset, torch.arange(min(2, dataset_length(dataset, "train_dataset")))).to(device)
-        return self._ann_outputs(sample).shape[1]
+    def _check_ann(self, dataset: Dataset, device: torch.device, inducing_dataset: Dataset | None = None) -> int:
+        """Check the data against the ANN (dtype, finiteness, widths) on a sample; return the number of heads."""
+        sample = take_inputs(dataset, torch.arange(min(2, dataset_length(dataset, "train_dataset"))))
+        dtype = module_dtype(self.ann)
+        check_input_data("train_dataset (inputs)", sample, dtype=dtype, integer_ok=True)
+        if inducing_dataset is not None and inducing_dataset is not dataset:
+            other = take_inputs(inducing_dataset, torch.arange(1))
+            if other.shape[1:] != sample.shape[1:] or other.dtype != sample.dtype:
+                raise ValueError(
+                    f"inducing_dataset: expected inputs of shape {tuple(sample.shape[1:])} and dtype {sample.dtype} "
+                    f"(as train_dataset's), got {tuple(other.shape[1:])} and {other.dtype}"
+                )
+            check_input_data("inducing_dataset (inputs)", other, dtype=dtype, integer_ok=True)
+        try:
+            return self._ann_outputs(sample.to(device)).shape[1]
+        except RuntimeError as error:
+            if sample.is_floating_point():
+                raise
+            # Integer inputs are allowed for networks that take token ids; this one does not.
+            raise TypeError(
+                f"train_dataset (inputs): the ann failed on inputs of dtype {sample.dtype}; expected dtype {dtype} "
+                f"(the model's), convert with .to({dtype}) ({error})"
+            ) from error
 
     def _kernel_network(self, input_shape: torch.Size, num_heads: int, device: torch.device) -> nn.Module:
         if self.kernel_network is not None:
@@ -355,9 +427,10 @@ class Distiller:
         generator = torch.Generator().manual_seed(self.seed)
         if checkpoint is None:
             values = self._inducing_values(inducing_dataset, device)
-            kernel.fill(
+            kernel.fill(  # a new cache has nothing to protect: no staging copy
                 (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
                 progress=self.progress,
+                staged=False,
             )
         else:
             self._check_checkpoint(checkpoint, num_inducing, num_heads)
@@ -376,24 +449,48 @@ class Distiller:
             run.history = list(checkpoint["history"])
         return run
 
-    def _config(self) -> dict[str, Any]:
-        return {
-            "embedding_dim": self.embedding_dim,
-            "batch_size": self.batch_size,
-            "inducing_batch_size": self.inducing_batch_size,
-            "seed": self.seed,
-        }
+    # Settings that do not change the trajectory of a resumed run (how long, where, what is shown).
+    _RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "checkpoint_path", "device", "progress")
+    _CHECKPOINT_KEYS = (
+        "format", "config", "step", "model", "optimizer", "generator", "torch_rng", "fresh_sweep", "refresh_sweep",
+        "history",
+    )  # fmt: skip
 
-    def _check_checkpoint(self, checkpoint: dict[str, Any], num_inducing: int, num_heads: int) -> None:
+    def _config(self) -> dict[str, Any]:
+        """Every setting that shapes the run, as plain values (a resumed run must use the same)."""
+        config = {k: v for k, v in self.get_params().items() if k not in self._RESUMABLE_CHANGES}
+        # The initial sweep's batch size only matters before the first checkpoint.
+        config.pop("fill_batch_size")
+        config["embedding_dtype"] = str(self.embedding_dtype)
+        return config
+
+    def _check_checkpoint(
+        self, checkpoint: dict[str, Any], num_inducing: int, num_heads: int, required: tuple[str, ...] | None = None
+    ) -> None:
+        """Reject a checkpoint of another format, one missing entries, or one written with other settings."""
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"resume: expected a checkpoint of format {CHECKPOINT_FORMAT}, got {checkpoint.get('format')}"
             )
+        missing = [k for k in (self._CHECKPOINT_KEYS if required is None else required) if k not in checkpoint]
+        if missing:
+            raise ValueError(f"resume: the checkpoint lacks the entries {missing}; it was not written by a Distiller")
+        step = checkpoint["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"resume: the checkpoint's step must be an integer >= 0, got {step!r}")
+        if step > self.steps:
+            raise ValueError(f"steps: the checkpoint is at step {step}, beyond steps={self.steps}")
         expected = {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads}
         saved = checkpoint["config"]
-        mismatched = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if not isinstance(saved, dict):
+            raise ValueError(f"resume: the checkpoint's config must be a dict, got {type(saved).__name__}")
+        unknown = object()
+        mismatched = {k: (saved.get(k, unknown), v) for k, v in expected.items() if saved.get(k, unknown) != v}
         if mismatched:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+            details = ", ".join(
+                f"{k}: checkpoint {'(not recorded)' if a is unknown else repr(a)} vs now {b!r}"
+                for k, (a, b) in mismatched.items()
+            )
             raise ValueError(f"resume: the checkpoint was written with other settings ({details})")
 
     def _save(self, run: _Run, num_inducing: int, num_heads: int) -> None:

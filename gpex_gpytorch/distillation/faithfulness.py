@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..models.gpex_model import GPEXModel
-from ..utils import check_tensor
+from ..utils import NonFiniteError, check_tensor
 from .dataset_access import dataset_length, take_inputs, take_labels
 from .distiller import pearson_per_head
 
@@ -55,7 +55,13 @@ class FaithfulnessReport:
 def predict_gp_and_ann(
     model: GPEXModel, ann: nn.Module, dataset: Dataset, batch_size: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """GP means, GP variances, network outputs (each ``(N, H)``) and labels (or ``None``) on ``dataset``."""
+    """GP means, GP variances, network outputs (each ``(N, H)``) and labels (or ``None``) on ``dataset``.
+
+    :raises NonFiniteError: the network's outputs hold NaN or inf (the rows and heads are named):
+        a NaN head would otherwise drop out of the faithfulness mean unnoticed.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     length = dataset_length(dataset, "dataset")
     device = model.covar_module.embeddings.device
     ann_was_training = ann.training
@@ -75,6 +81,13 @@ def predict_gp_and_ann(
     ann_out = torch.cat(outputs)
     if ann_out.dim() != 2 or ann_out.shape[1] != model.num_heads:
         raise ValueError(f"ann: expected outputs of shape (N, {model.num_heads}), got {tuple(ann_out.shape)}")
+    bad = ~torch.isfinite(ann_out)
+    if bool(bad.any()):
+        rows, heads = bad.any(1).nonzero().flatten(), bad.any(0).nonzero().flatten()
+        raise NonFiniteError(
+            f"ann: expected finite outputs, got NaN or inf on dataset rows {rows[:10].tolist()} "
+            f"(heads {heads[:10].tolist()})"
+        )
     label_tensor = None if any(lab is None for lab in labels) else torch.cat(labels)  # type: ignore[arg-type]
     return torch.cat(means), torch.cat(variances), ann_out, label_tensor
 

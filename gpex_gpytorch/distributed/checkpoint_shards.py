@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..distillation.checkpointing import load_checkpoint, save_checkpoint
+from .communication import collective_errors
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
 from .sharding import ShardLayout
 
@@ -108,7 +109,8 @@ def save_sharded_checkpoint(
     if rank == 0:
         replicated = {k: v for k, v in state.items() if k not in sharded}
         save_checkpoint(folder / "replicated.pt", {"format": FORMAT, "model": replicated, "extra": extra})
-    dist.barrier(group=group)  # every shard is on disk before the manifest names it
+    with collective_errors("the checkpoint barrier (every shard written)", group):
+        dist.barrier(group=group)  # every shard is on disk before the manifest names it
     if rank == 0:
         manifest = {
             "format": FORMAT,
@@ -132,7 +134,8 @@ def save_sharded_checkpoint(
         for old in steps[: max(0, len(steps) - keep)]:
             if old != folder:
                 shutil.rmtree(old, ignore_errors=True)
-    dist.barrier(group=group)  # nobody reads or rewrites the folder before the manifest is in place
+    with collective_errors("the checkpoint barrier (manifest written)", group):
+        dist.barrier(group=group)  # nobody reads or rewrites the folder before the manifest is in place
     return folder
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["CommunicationMeter", "DistributedStepError", "all_reduce_sum", "counting_allreduce_hook"]
+__all__ = [
+    "CommunicationMeter",
+    "DistributedStepError",
+    "all_reduce_sum",
+    "collective_errors",
+    "counting_allreduce_hook",
+    "is_communication_failure",
+]
 
 
 class DistributedStepError(RuntimeError):
@@ -43,6 +52,42 @@ def _describe(group: dist.ProcessGroup | None, what: str, error: BaseException) 
         f"rank {rank}: {what} failed - another rank died or did not answer within the process group's "
         f"timeout (set by init_process_group(timeout=...)); original error: {error}"
     )
+
+
+# Marks of the backends' own failures in a RuntimeError's text (gloo's C++ source path, c10d's
+# process-group errors, NCCL's), used where a block runs user code as well as collectives.
+_BACKEND_MARKS = ("gloo", "c10d", "ProcessGroup", "NCCL", "Connection reset by peer", "Connection closed by peer")
+
+
+def is_communication_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from a collective (a backend error) rather than from user code."""
+    if isinstance(error, (DistributedStepError, dist.DistBackendError)):
+        return True
+    return isinstance(error, RuntimeError) and any(mark in str(error) for mark in _BACKEND_MARKS)
+
+
+@contextmanager
+def collective_errors(what: str, group: dist.ProcessGroup | None = None, *, mixed: bool = False) -> Iterator[None]:
+    """Turn a failure of the collectives run inside the block into :class:`DistributedStepError`.
+
+    A peer that dies surfaces in many shapes (gloo's "Connection reset by peer", a timeout, DDP's
+    "Got the following error when running the callback" from ``backward``); all are
+    :class:`RuntimeError` (``DistBackendError`` included). Wrap only blocks whose failures are
+    collectives: a :class:`RuntimeError` of any other origin inside would be reported as one too.
+
+    :param what: what the block does, for the message ("the checkpoint barrier").
+    :param group: the group it communicates on (for the rank in the message).
+    :param mixed: the block also runs user code (a network's forward): convert only errors that
+        :func:`is_communication_failure` recognises, re-raise the others unchanged.
+    """
+    try:
+        yield
+    except DistributedStepError:
+        raise
+    except (RuntimeError, dist.DistBackendError) as error:
+        if mixed and not is_communication_failure(error):
+            raise
+        raise _describe(group, what, error) from error
 
 
 def all_reduce_sum(

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["destroy_distributed", "init_distributed"]
+__all__ = ["destroy_distributed", "group_timeout", "init_distributed", "new_group_like_default"]
 
 
 def init_distributed(
@@ -51,6 +51,34 @@ def init_distributed(
             timeout=datetime.timedelta(seconds=timeout_s),
         )
     return device
+
+
+def group_timeout(group: dist.ProcessGroup | None = None) -> datetime.timedelta | None:
+    """The timeout configured for ``group`` (default: the default group), or ``None`` if torch does not say.
+
+    torch has no public getter; the backend's options hold it (gloo and NCCL alike).
+    """
+    pg = dist.group.WORLD if group is None else group
+    if pg is None:
+        return None
+    for device in getattr(pg, "_device_types", []):
+        try:
+            timeout = pg._get_backend(device).options._timeout
+        except (AttributeError, RuntimeError):
+            continue
+        if isinstance(timeout, datetime.timedelta):
+            return timeout
+    return None
+
+
+def new_group_like_default() -> dist.ProcessGroup:
+    """A new group of all ranks with the default group's timeout (collective).
+
+    ``dist.new_group()`` alone gets the backend's built-in default (30 minutes on gloo), not the
+    ``timeout`` given to :func:`init_process_group`: a frozen peer would then hang the others for
+    half an hour instead of ``timeout_s``.
+    """
+    return dist.new_group(timeout=group_timeout())
 
 
 def destroy_distributed() -> None:

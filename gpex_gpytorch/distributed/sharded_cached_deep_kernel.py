@@ -13,7 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..kernels import CachedDeepKernel, InducingStatistics
 from ..utils import check_finite, check_index_tensor, check_tensor
-from .communication import CommunicationMeter, all_reduce_sum
+from .communication import CommunicationMeter, all_reduce_sum, collective_errors
+from .process_group import new_group_like_default
 from .sharding import ShardLayout
 
 __all__ = ["ShardedCachedDeepKernel"]
@@ -50,7 +51,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
     :param num_inducing: ``M``, the *global* number of inducing instances (at least the world size).
     :param num_heads: ``H``.
     :param embedding_dim: ``D``.
-    :param process_group: the group for the statistics' all-reduces (default: a new group of all ranks).
+    :param process_group: the group for the statistics' all-reduces (default: a new group of all ranks,
+        with the default group's timeout).
     :param embedding_dtype: storage dtype of the shard.
     :param statistics_dtype: dtype of ``G`` and ``b``.
     :param device: where to allocate the shard (``cuda:<local rank>`` under NCCL).
@@ -76,8 +78,9 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
                 "ShardedCachedDeepKernel: torch.distributed is not initialised; call "
                 "gpex_gpytorch.distributed.init_distributed() (or init_process_group) first"
             )
-        # A private group keeps the statistics' collectives apart from DDP's gradient buckets.
-        group = dist.new_group() if process_group is None else process_group
+        # A private group keeps the statistics' collectives apart from DDP's gradient buckets; it
+        # inherits the default group's timeout (dist.new_group() alone would wait 30 minutes).
+        group = new_group_like_default() if process_group is None else process_group
         layout = ShardLayout(num_inducing, dist.get_world_size(group))
         rank = dist.get_rank(group)
         super().__init__(
@@ -126,7 +129,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             ddp_kwargs.setdefault("forward_sync_buffers", False)
         else:
             ddp_kwargs.setdefault("broadcast_buffers", False)
-        ddp = DistributedDataParallel(self.feature_extractor, **ddp_kwargs)
+        with collective_errors("the broadcast of the kernel network's weights (DistributedDataParallel)"):
+            ddp = DistributedDataParallel(self.feature_extractor, **ddp_kwargs)
         object.__setattr__(self, "_data_parallel", ddp)
         return ddp
 
@@ -135,7 +139,10 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         ddp = self._data_parallel
         if ddp is None or not torch.is_grad_enabled():
             return super().embed(x)
-        features = ddp(x)
+        # DDP's forward starts with collectives of its own (the bucket rebuild after the first
+        # backward): a dead peer fails there, inside the same call as the network's forward.
+        with collective_errors("DistributedDataParallel's forward (bucket rebuild)", mixed=True):
+            features = ddp(x)
         h, d = self.num_heads, self.embedding_dim
         if isinstance(features, Tensor) and features.dim() == 2 and features.shape[1] == h * d:
             features = features.reshape(features.shape[0], h, d)
@@ -215,8 +222,8 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         stored = None
         if idx.numel():
             new = self._embed_checked(inputs, idx.numel(), "inputs")
-            # The statistics must describe what is stored (rounded to embedding_dtype).
-            stored = new.to(self.embeddings.dtype)
+            # The statistics must describe what is stored (rounded to embedding_dtype, and finite there).
+            stored = self._stored("inputs", new, idx + self.shard_start)
         parts = self._sum_over_ranks(self._deltas(idx, stored), "the all-reduce of a refresh")
         self.gram.add_(parts[0])
         if self.has_inducing_values:
@@ -224,7 +231,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         if stored is not None:
             self.embeddings[:, idx] = stored
 
-    def _write_rows(self, idx: Tensor, new: Tensor) -> None:
+    def _write_rows(self, idx: Tensor, stored: Tensor) -> None:
         raise NotImplementedError("ShardedCachedDeepKernel: use refresh(global_indices, inputs) (collective)")
 
     @torch.no_grad()
@@ -234,6 +241,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
         *,
         batch_size: int = 1024,
         progress: bool = False,
+        staged: bool = True,
     ) -> None:
         """Compute this rank's rows in order (the initial sweep), then the global statistics (collective).
 
@@ -241,6 +249,7 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             iterable of batches of this rank's inputs in index order.
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
         :param progress: unused (kept for the signature of :meth:`CachedDeepKernel.fill`).
+        :param staged: as in :meth:`CachedDeepKernel.fill` (``False``: rows written in place, no second copy).
         """
         local = self.num_local_inducing
         if isinstance(inputs, Tensor):
@@ -254,19 +263,26 @@ class ShardedCachedDeepKernel(CachedDeepKernel):
             batches: Iterable[Tensor] = inputs.split(batch_size)
         else:
             batches = inputs
+        # Staged as in CachedDeepKernel.fill: a failure on this rank leaves its rows unchanged.
+        staging = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M_r, D)
         start = 0
+        complete = False
         try:
             for batch in batches:
                 new = self.embed(batch)
                 stop = start + new.shape[1]
                 if stop > local:
                     raise ValueError(f"inputs: yielded more than rank {self.rank}'s {local} rows")
-                check_finite(f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new)
-                self.embeddings[:, start:stop] = new.to(self.embeddings.dtype)
+                name = f"inputs[{start}:{stop}]"
+                check_finite(f"{name} (embeddings from feature_extractor)", new)
+                staging[:, start:stop] = self._stored(name, new, torch.arange(start, stop) + self.shard_start)
                 start = stop
             if start != local:
                 raise ValueError(f"inputs: yielded {start} rows, expected rank {self.rank}'s {local}")
+            complete = True
         finally:
+            if complete and staged:
+                self.embeddings.copy_(staging)
             # Every rank reaches this collective, even one that failed above.
             self.recompute_statistics()
 

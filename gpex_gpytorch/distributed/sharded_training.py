@@ -11,17 +11,21 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..distillation.checkpointing import check_writable
 from ..distillation.dataset_access import dataset_length, take_inputs
 from ..distillation.distiller import CHECKPOINT_FORMAT, Distiller, _Run, _Sweep, pearson_per_head
 from ..distillation.input_mixing import mix_inputs
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
-from .checkpoint_shards import ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
-from .communication import CommunicationMeter, all_reduce_sum, counting_allreduce_hook
+from .checkpoint_shards import MANIFEST, ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
+from .communication import CommunicationMeter, all_reduce_sum, collective_errors, counting_allreduce_hook
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
 from .sharding import ShardLayout
 
 __all__ = ["DistributedDistiller"]
+
+# What _save_sharded writes beside the model (the RNG of torch is not part of a sharded run's state).
+_SHARDED_EXTRA_KEYS = ("format", "config", "step", "optimizer", "generator", "fresh_sweep", "refresh_sweep", "history")
 
 
 def _take(dataset: Dataset, indices: Tensor, input_shape: torch.Size) -> Tensor:
@@ -76,6 +80,9 @@ class DistributedDistiller(Distiller):
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
+        if self.checkpoint_path is not None:
+            # The folder of shards: found read-only now, not after an interval's work.
+            check_writable(self.checkpoint_path / MANIFEST)
         checkpoint = None
         if resume is not None:
             layout = ShardLayout(num_inducing, world)
@@ -83,7 +90,7 @@ class DistributedDistiller(Distiller):
         ann_was_training = self.ann.training
         self.ann.eval()
         try:
-            num_heads = self._check_ann(train_dataset, device)
+            num_heads = self._check_ann(train_dataset, device, inducing_dataset)
             run = self._start_sharded(train_dataset, inducing_dataset, num_inducing, num_heads, device, checkpoint)
             self._train_sharded(run, train_dataset, inducing_dataset, num_train, device)
         finally:
@@ -121,9 +128,9 @@ class DistributedDistiller(Distiller):
             values = torch.cat([self._ann_outputs(take_inputs(inducing_dataset, r).to(device)).float() for r in rows])
             if not bool(torch.isfinite(values).all()):
                 raise FloatingPointError(f"ann: non-finite outputs on inducing_dataset rows of rank {kernel.rank}")
-            kernel.fill(take_inputs(inducing_dataset, r).to(device) for r in rows)
+            kernel.fill((take_inputs(inducing_dataset, r).to(device) for r in rows), staged=False)
         else:
-            self._check_checkpoint(checkpoint.extra, num_inducing, num_heads)
+            self._check_checkpoint(checkpoint.extra, num_inducing, num_heads, _SHARDED_EXTRA_KEYS)
             values = checkpoint.model_state["variational_strategy.kernel.inducing_values"]
         model = GPEXModel(kernel, values, noise=self.noise, learn_noise=self.learn_noise).to(device)
         if checkpoint is not None:
@@ -207,7 +214,10 @@ class DistributedDistiller(Distiller):
             output = model(x, fresh_indices=fresh, fresh_inputs=fresh_inputs)
             loss = -mll(output, target.to(output.mean.dtype))
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # The backward runs the statistics' all-reduce and DDP's gradient buckets: a dead peer
+            # surfaces here as a raw RuntimeError from DDP's callback unless named.
+            with collective_errors(f"step {step}: the backward (gradient all-reduces)", kernel.process_group):
+                loss.backward()
             loss_value = self._average_others(loss.detach(), others, kernel.process_group, world)
             if not bool(torch.isfinite(loss_value)):  # the same verdict on every rank: all stop together
                 raise FloatingPointError(

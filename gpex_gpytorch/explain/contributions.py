@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
-from ..utils import check_tensor
 from .kernel_similarity import (
     KernelQueries,
     check_positive_int,
+    check_queries,
     choose_heads,
     embed_queries,
     score_block,
@@ -78,9 +78,7 @@ def posterior_contributions(
         raise ValueError(f"k: expected an integer in [1, M={kernel.num_inducing}], got {k!r}")
     chunk_size = check_positive_int("chunk_size", chunk_size)
     query_batch_size = check_positive_int("query_batch_size", query_batch_size)
-    check_tensor("inputs", inputs, device=kernel.embeddings.device)
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs: expected a non-empty batch, got shape {tuple(inputs.shape)}")
+    check_queries(model, inputs)
     n = inputs.shape[0]
     if not isinstance(heads, str):
         choose_heads(model, None, heads, n)

@@ -37,13 +37,14 @@ from torch import Tensor
 
 from ..kernels import CachedDeepKernel
 from ..models.gpex_model import GPEXModel
-from ..utils import check_tensor
+from ..utils import check_input_data, check_tensor, module_dtype
 
 __all__ = [
     "DEFAULT_METRIC",
     "SIMILARITY_METRICS",
     "KernelQueries",
     "check_metric",
+    "check_queries",
     "check_positive_int",
     "choose_heads",
     "embed_queries",
@@ -64,6 +65,13 @@ def check_metric(metric: object) -> str:
     if not isinstance(metric, str) or metric not in SIMILARITY_METRICS:
         raise ValueError(f"metric: expected one of {', '.join(map(repr, SIMILARITY_METRICS))}, got {metric!r}")
     return metric
+
+
+def check_queries(model: GPEXModel, inputs: object, name: str = "inputs") -> Tensor:
+    """The shared input-data check (dtype, device, NaN, empty) for a batch of queries of ``model``."""
+    kernel = model.covar_module
+    dtype = module_dtype(kernel.feature_extractor)
+    return check_input_data(name, inputs, dtype=dtype, device=kernel.embeddings.device, integer_ok=True)
 
 
 def check_positive_int(name: str, value: object) -> int:

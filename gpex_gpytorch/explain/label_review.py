@@ -26,10 +26,12 @@ from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
 from ..utils import check_tensor
+from .cache_freshness import check_cache_fresh
 from .kernel_similarity import (
     DEFAULT_METRIC,
     check_metric,
     check_positive_int,
+    check_queries,
     choose_heads,
     embed_queries,
     similarity_matrix,
@@ -152,12 +154,9 @@ def kernel_similarities(
     :param chunk_size: inducing rows scored at a time.
     :returns: ``(similarities (T, M), heads (T,))``.
     """
-    kernel = model.covar_module
     metric = check_metric(metric)
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    check_tensor("inputs", inputs, device=kernel.embeddings.device)
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs: expected a non-empty batch, got shape {tuple(inputs.shape)}")
+    check_queries(model, inputs)
     n = inputs.shape[0]
     mean = model.predict(inputs)[0] if isinstance(heads, str) else None
     chosen = choose_heads(model, mean, heads, n)
@@ -184,6 +183,7 @@ def label_review(
     heads: str | int | Tensor = "predicted",
     metric: str = DEFAULT_METRIC,
     max_shown: int | None = None,
+    inducing_inputs: Tensor | None = None,
 ) -> ReviewRanking:
     """The paper's review order: misclassified test instances take turns showing their nearest unshown neighbour.
 
@@ -205,6 +205,9 @@ def label_review(
         :mod:`~gpex_gpytorch.explain.kernel_similarity`). With ``"kernel"`` (the raw inner product)
         a few large-norm instances come first for every test instance.
     :param max_shown: stop after this many training instances (default: all ``M``).
+    :param inducing_inputs: the ``(M, ...)`` training inputs; when given, the cache's staleness is
+        checked on a sample (:func:`~gpex_gpytorch.explain.check_cache_fresh`) and a warning is
+        issued if the similarities would not be the current network's.
     :raises ValueError: when no test instance is misclassified, for an empty batch, labels of the
         wrong length or unknown ``instances``.
     """
@@ -240,6 +243,8 @@ def label_review(
     elif isinstance(heads, Tensor):
         check_tensor("heads", heads, shape=(num_test,))
         chosen_heads = heads.to(keep.device)[keep]
+    if inducing_inputs is not None:
+        check_cache_fresh(model, inducing_inputs)
     similarities, _ = kernel_similarities(model, test_inputs[keep], chosen_heads, metric=metric)
     ranking = review_order(similarities, max_shown=max_shown)
     # Map rows of the (kept) score matrix back to positions in test_inputs.

@@ -15,6 +15,7 @@ from .kernel_similarity import (
     DEFAULT_METRIC,
     check_metric,
     check_positive_int,
+    check_queries,
     choose_heads,
     embed_queries,
     top_k_inducing,
@@ -155,9 +156,7 @@ def nearest_neighbours(
     query_batch_size = check_positive_int("query_batch_size", query_batch_size)
     if hub_warning is not None and not 0 < hub_warning <= 1:
         raise ValueError(f"hub_warning: expected None or a fraction in (0, 1], got {hub_warning!r}")
-    check_tensor("inputs", inputs, device=kernel.embeddings.device)
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs: expected a non-empty batch, got shape {tuple(inputs.shape)}")
+    check_queries(model, inputs)
     n = inputs.shape[0]
     if not isinstance(heads, str):
         choose_heads(model, None, heads, n)  # validate before any work

@@ -25,6 +25,19 @@ The kernel similarity of head :math:`l` between a test input :math:`x` and a nei
 The input map says which positions of :math:`x` are similar to the neighbour as a whole; the
 neighbour map, which positions of :math:`\tilde x` are similar to :math:`x`. Each sums back to
 the similarity (computed in float64), and positive / negative entries push it up / down.
+
+Relative to a baseline. A position's term includes what the network puts there for *any* input
+(biases, coordinates, the blank background), which no change of that position's pixels removes.
+Given a baseline input :math:`b` (e.g. a blank image), the maps subtract it per position,
+
+.. math::
+
+    \text{input map}[p] = \tfrac1P \bigl(f_l(x)[:, p] - f_l(b)[:, p]\bigr)^\top f_l(\tilde x),
+    \qquad \sum_p \text{input map}[p] = k_l(x, \tilde x) - k_l(b, \tilde x),
+
+(and symmetrically for the neighbour map, summing to :math:`k_l(x, \tilde x) - k_l(x, b)`): what
+each position adds to the similarity over the baseline's. The offsets :math:`k_l(b, \tilde x)`,
+:math:`k_l(x, b)` are returned with the maps, so map plus offset is still the similarity exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from torch import Tensor, nn
 
 from ..kernels import CachedDeepKernel
 from ..models.gpex_model import GPEXModel
+from ..utils import check_tensor
 from .nearest_neighbours import Neighbours
 
 __all__ = [
@@ -108,14 +122,19 @@ class SimilarityMaps:
 
     :ivar input_maps: ``(N, K, *spatial)`` contribution of each position of the test input.
     :ivar neighbour_maps: ``(N, K, *spatial')`` contribution of each position of the neighbour.
-    :ivar similarities: ``(N, K)`` the kernel similarities; each map sums to them.
+    :ivar similarities: ``(N, K)`` the kernel similarities; each map plus its offset sums to them.
     :ivar heads: ``(N,)`` the head whose kernel was decomposed.
+    :ivar input_offsets: ``(N, K)`` :math:`k_l(b, \tilde x)` with a baseline ``b``, else zeros:
+        ``input_maps`` sum to ``similarities - input_offsets``.
+    :ivar neighbour_offsets: ``(N, K)`` :math:`k_l(x, b)` with a baseline, else zeros.
     """
 
     input_maps: Tensor
     neighbour_maps: Tensor
     similarities: Tensor
     heads: Tensor
+    input_offsets: Tensor
+    neighbour_offsets: Tensor
 
 
 def _spatial_network(model: GPEXModel | CachedDeepKernel) -> tuple[CachedDeepKernel, nn.Module]:
@@ -152,6 +171,7 @@ def similarity_maps(
     neighbour_inputs: Tensor,
     heads: int | Tensor,
     *,
+    baseline: Tensor | None = None,
     check_tol: float = 1e-4,
 ) -> SimilarityMaps:
     """Decompose the kernel similarity of each test input with each of its neighbours over positions.
@@ -160,6 +180,8 @@ def similarity_maps(
     :param inputs: ``(N, ...)`` test inputs.
     :param neighbour_inputs: ``(N, K, ...)`` the inputs to compare each test input with.
     :param heads: one head index for all, or ``(N,)`` head indices.
+    :param baseline: one input (the shape of ``inputs[0]``) to subtract per position, e.g.
+        ``torch.zeros_like(inputs[0])`` for a blank image (see the module docstring); ``None``: none.
     :param check_tol: the pooled spatial features must match the kernel's embedding to this relative
         tolerance (guards against a ``spatial_features`` that does not pool to ``forward``).
     :raises TypeError: if the kernel network has no ``spatial_features``.
@@ -177,6 +199,10 @@ def similarity_maps(
             f"got {tuple(neighbour_inputs.shape)}"
         )
     k = neighbour_inputs.shape[1]
+    if baseline is not None:
+        check_tensor("baseline", baseline, shape=tuple(inputs.shape[1:]), finite=True)
+        if neighbour_inputs.shape[2:] != inputs.shape[1:]:
+            raise ValueError("baseline: needs inputs and neighbour_inputs of the same shape per example")
     chosen = torch.full((n,), heads, dtype=torch.long) if isinstance(heads, int) else heads.long().cpu()
     if chosen.shape != (n,) or bool((chosen < 0).any() | (chosen >= num_heads).any()):
         raise ValueError(f"heads: expected an index or (N,) indices in [0, {num_heads - 1}], got {heads}")
@@ -184,9 +210,7 @@ def similarity_maps(
     chosen = chosen.to(device)
     rows = torch.arange(n, device=device)
     sx, spatial_x = _per_position(network.spatial_features(inputs.to(device)), num_heads, dim)
-    sn, spatial_n = _per_position(
-        network.spatial_features(neighbour_inputs.to(device).flatten(0, 1)), num_heads, dim
-    )
+    sn, spatial_n = _per_position(network.spatial_features(neighbour_inputs.to(device).flatten(0, 1)), num_heads, dim)
     # The protocol check: pooled per-position embeddings must be the kernel's own embedding.
     pooled, embedded = sx.mean(-1), kernel.embed(inputs.to(device)).transpose(0, 1)  # (N, H, D) each
     scale = embedded.abs().max().clamp_min(1e-12)
@@ -198,6 +222,15 @@ def similarity_maps(
     sx = sx[rows, chosen].double()  # shape: (N, D, P)
     sn = sn.reshape(n, k, num_heads, dim, -1)[rows, :, chosen].double()  # shape: (N, K, D, P')
     fx, fn = sx.mean(-1), sn.mean(-1)  # shape: (N, D), (N, K, D)
+    input_offsets = torch.zeros(n, k, dtype=torch.float64, device=device)
+    neighbour_offsets = torch.zeros_like(input_offsets)
+    if baseline is not None:
+        sb, _ = _per_position(network.spatial_features(baseline[None].to(device)), num_heads, dim)
+        sb = sb[0, chosen].double()  # shape: (N, D, P): the baseline's features in each row's head
+        fb = sb.mean(-1)  # shape: (N, D)
+        input_offsets = torch.einsum("nd,nkd->nk", fb, fn)
+        neighbour_offsets = torch.einsum("nd,nd->n", fx, fb)[:, None].expand(n, k)
+        sx, sn = sx - sb, sn - sb[:, None]
     input_maps = torch.einsum("ndp,nkd->nkp", sx, fn) / sx.shape[-1]
     neighbour_maps = torch.einsum("nd,nkdq->nkq", fx, sn) / sn.shape[-1]
     return SimilarityMaps(
@@ -205,15 +238,23 @@ def similarity_maps(
         neighbour_maps=neighbour_maps.reshape(n, k, *spatial_n),
         similarities=torch.einsum("nd,nkd->nk", fx, fn),
         heads=chosen,
+        input_offsets=input_offsets,
+        neighbour_offsets=neighbour_offsets.contiguous(),
     )
 
 
 def neighbour_similarity_maps(
-    model: GPEXModel, inputs: Tensor, inducing_inputs: Tensor, neighbours: Neighbours
+    model: GPEXModel,
+    inputs: Tensor,
+    inducing_inputs: Tensor,
+    neighbours: Neighbours,
+    *,
+    baseline: Tensor | None = None,
 ) -> SimilarityMaps:
     """Maps for the neighbours found by :func:`~gpex_gpytorch.explain.nearest_neighbours`.
 
     :param inducing_inputs: ``(M, ...)`` the inducing inputs (the neighbours' indices point into it).
+    :param baseline: see :func:`similarity_maps`.
     """
     if inducing_inputs.shape[0] != model.covar_module.num_inducing:
         raise ValueError(
@@ -231,4 +272,4 @@ def neighbour_similarity_maps(
             f"[{int(index.min())}, {int(index.max())}]"
         )
     gathered = inducing_inputs[index.cpu()]  # shape: (N, K, ...)
-    return similarity_maps(model, inputs, gathered, neighbours.heads)
+    return similarity_maps(model, inputs, gathered, neighbours.heads, baseline=baseline)

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from ..distillation import Distiller, FaithfulnessReport, faithfulness
 from ..models.gpex_model import GPEXModel
 from .gp_substitution import PipelineComparison, compare_pipeline, substitute_gp
+from .kernel_similarity import DEFAULT_METRIC
 from .nearest_neighbours import Neighbours, nearest_neighbours
 from .submodule_capture import (
     CapturedActivations,
@@ -97,9 +98,7 @@ class SubmoduleExplainer:
     # ------------------------------------------------------------------ fitting
     def capture(self, loader: Iterable[Any], *, max_samples: int | None = None) -> CapturedActivations:
         """The sub-module's inputs and outputs over ``loader`` (see :func:`capture_submodule`)."""
-        return capture_submodule(
-            self.pipeline, self.name, loader, forward_fn=self.forward_fn, max_samples=max_samples
-        )
+        return capture_submodule(self.pipeline, self.name, loader, forward_fn=self.forward_fn, max_samples=max_samples)
 
     def fit(self, loader: Iterable[Any]) -> SubmoduleExplainer:
         """Capture the sub-module on ``loader`` and distil it. Returns ``self``."""
@@ -149,14 +148,23 @@ class SubmoduleExplainer:
         mean, variance = model.predict(inputs.to(model.covar_module.embeddings.device))
         return self.capture_.unflatten(mean), self.capture_.unflatten(variance)
 
-    def neighbours(self, inputs: Tensor, k: int = 10, heads: str | int | Tensor = "predicted") -> Neighbours:
+    def neighbours(
+        self, inputs: Tensor, k: int = 10, heads: str | int | Tensor = "predicted", *, metric: str = DEFAULT_METRIC
+    ) -> Neighbours:
         """The ``k`` most similar captured training examples per input, in a head's kernel space.
 
+        The cache's staleness is checked against the captured inputs (a
+        :class:`~gpex_gpytorch.explain.StaleCacheWarning` when it no longer matches the kernel network).
+
         :param inputs: sub-module inputs (e.g. from :meth:`capture`).
+        :param metric: as in :func:`~gpex_gpytorch.explain.nearest_neighbours`.
         :raises ValueError: for ``k`` larger than the number of captured examples.
         """
         model = self._fitted()
-        return nearest_neighbours(model, inputs.to(model.covar_module.embeddings.device), k=k, heads=heads)
+        device = model.covar_module.embeddings.device
+        return nearest_neighbours(
+            model, inputs.to(device), k=k, heads=heads, metric=metric, inducing_inputs=self.capture_.inputs
+        )
 
     # ------------------------------------------------------------------ the GP in the pipeline
     @contextmanager

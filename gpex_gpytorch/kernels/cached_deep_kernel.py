@@ -11,7 +11,14 @@ from linear_operator.operators import LinearOperator, LowRankRootLinearOperator,
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..utils import check_allocation, check_finite_rows, check_index_tensor, check_tensor
+from ..utils import (
+    NonFiniteError,
+    check_allocation,
+    check_finite_rows,
+    check_index_tensor,
+    check_tensor,
+    nonfinite_rows,
+)
 
 __all__ = ["CachedDeepKernel", "InducingStatistics"]
 
@@ -178,7 +185,9 @@ class CachedDeepKernel(Kernel):
         Computes :math:`b = U^\\top V` and :math:`V^\\top V` exactly (one :math:`O(MHD)` pass).
         """
         check_tensor("inducing_values", values, shape=(self.num_inducing, self.num_heads), floating=True, finite=True)
-        values = values.detach().to(device=self.embeddings.device, dtype=torch.get_default_dtype())
+        values = values.detach().to(device=self.embeddings.device, dtype=self.inducing_values.dtype)
+        # Finite in float64 is not finite in float32: values beyond float32's range would become inf.
+        check_finite_rows("inducing_values (after conversion to the cache's dtype)", values, 0)
         self.inducing_values.copy_(values)
         self.values_set.fill_(True)
         self.recompute_statistics()
@@ -192,11 +201,25 @@ class CachedDeepKernel(Kernel):
         """
         idx = check_index_tensor("indices", indices, self.num_inducing).to(self.embeddings.device)
         new = self._embed_checked(inputs, idx.numel(), "inputs", idx)
-        self._write_rows(idx, new)
+        self._write_rows(idx, self._stored("inputs", new, idx))
 
-    def _write_rows(self, idx: Tensor, new: Tensor) -> None:
-        stats_dtype = self.statistics_dtype
+    def _stored(self, name: str, new: Tensor, rows: Tensor) -> Tensor:
+        """``new`` rounded to ``embedding_dtype``, rejecting rows that overflow it (finite before, inf after)."""
         stored = new.to(self.embeddings.dtype)
+        bad = nonfinite_rows(stored, 1)
+        if bad.numel():
+            limit = torch.finfo(self.embeddings.dtype).max
+            shown = rows.reshape(-1)[bad.to(rows.device)].tolist()[:10]
+            raise NonFiniteError(
+                f"{name} (embeddings from feature_extractor): values beyond the range of embedding_dtype="
+                f"{self.embeddings.dtype} (|x| <= {limit:.4g}) for inducing rows {shown}; scale the kernel network's "
+                "output down or store the cache in a wider dtype"
+            )
+        return stored
+
+    def _write_rows(self, idx: Tensor, stored: Tensor) -> None:
+        """Replace the rows ``idx`` by ``stored`` (already in ``embedding_dtype``) and update ``G``, ``b``."""
+        stats_dtype = self.statistics_dtype
         # The statistics must describe what is stored (rounded to embedding_dtype), not `new`.
         fresh = stored.to(stats_dtype)  # shape: (H, b, D)
         old = self.embeddings[:, idx].to(stats_dtype)  # shape: (H, b, D)
@@ -213,15 +236,29 @@ class CachedDeepKernel(Kernel):
         *,
         batch_size: int = 1024,
         progress: bool = True,
+        staged: bool = True,
     ) -> None:
         """Compute every row of the cache, in order, without gradient (the initial sweep).
+
+        With ``staged=True`` (the default) it is all or nothing: the rows are computed into a
+        staging copy and committed, with ``G`` and ``b`` recomputed, only once all ``M`` rows are in
+        and finite (after rounding to ``embedding_dtype``). A failure — a NaN or an overflow in any
+        batch, an iterable yielding too few or too many rows, the kernel network raising — leaves
+        the cache and its statistics exactly as they were. The staging copy needs as much memory
+        as the cache for the duration of the call. With ``staged=False`` rows are written in place
+        (no second copy, for caches too large to hold twice); after a failure the rows before the
+        failing batch hold the new embeddings, the others are unchanged, and ``G`` and ``b`` are
+        recomputed to match what is stored.
 
         :param inputs: all ``M`` inducing inputs as one tensor, or an iterable of batches of them in
             index order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
+        :param staged: all-or-nothing through a staging copy (see above).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if not isinstance(staged, bool):
+            raise TypeError(f"staged: expected a bool, got {type(staged).__name__}")
         if isinstance(inputs, Tensor):
             if inputs.dim() == 0 or inputs.shape[0] != self.num_inducing:
                 raise ValueError(
@@ -233,6 +270,7 @@ class CachedDeepKernel(Kernel):
             total: int | None = -(-self.num_inducing // batch_size)
         else:
             batches, total = inputs, None
+        target = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M, D)
         start = 0
         try:
             for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
@@ -242,16 +280,19 @@ class CachedDeepKernel(Kernel):
                 if stop > self.num_inducing:
                     raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
                 rows = torch.arange(start, stop)
-                check_finite_rows(
-                    f"inputs[{start}:{stop}] (embeddings from feature_extractor)", new, 1, rows, "inducing rows"
-                )
-                self.embeddings[:, start:stop] = new.to(self.embeddings.dtype)
+                name = f"inputs[{start}:{stop}]"
+                check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
+                target[:, start:stop] = self._stored(name, new, rows)
                 start = stop
             if start != self.num_inducing:
                 raise ValueError(f"inputs: yielded {start} rows, expected num_inducing={self.num_inducing}")
-        finally:
-            # Whatever happened, leave G and b consistent with the rows now stored.
-            self.recompute_statistics()
+        except BaseException:
+            if not staged:  # keep G and b consistent with the rows now stored
+                self.recompute_statistics()
+            raise
+        if staged:
+            self.embeddings.copy_(target)
+        self.recompute_statistics()
 
     @torch.no_grad()
     def recompute_statistics(self, batch_size: int = 16384) -> None:

@@ -67,8 +67,8 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             raise ValueError(f"num_data: expected an integer >= 1, got {num_data!r}")
         if not (float(ann_noise) >= 0.0 and math.isfinite(float(ann_noise))):
             raise ValueError(f"ann_noise: expected a finite value >= 0, got {ann_noise}")
-        if not float(beta) >= 0.0:
-            raise ValueError(f"beta: expected a value >= 0, got {beta}")
+        if not (float(beta) >= 0.0 and math.isfinite(float(beta))):  # beta=inf made the ELBO -inf
+            raise ValueError(f"beta: expected a finite value >= 0, got {beta}")
         super().__init__(likelihood, model, num_data, beta=beta, combine_terms=combine_terms)
         self.ann_noise = float(ann_noise)
         self.detach_variance = detach_variance

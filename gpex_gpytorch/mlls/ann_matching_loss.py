@@ -5,7 +5,7 @@ from __future__ import annotations
 from gpytorch.distributions import MultivariateNormal
 from torch import Tensor, nn
 
-from ..utils import check_tensor
+from ..utils import check_finite_rows, check_tensor
 
 __all__ = ["ANNMatchingLoss", "ann_matching_loss"]
 
@@ -30,6 +30,8 @@ def ann_matching_loss(
     if not isinstance(gp_output, MultivariateNormal):
         raise TypeError(f"gp_output: expected a gpytorch MultivariateNormal, got {type(gp_output).__name__}")
     check_tensor("ann_output", ann_output, shape=tuple(gp_output.mean.shape), floating=True)
+    # A NaN target would come back as a NaN loss; name its first rows instead.
+    check_finite_rows("ann_output", ann_output, 0)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
     mean, variance = gp_output.mean, gp_output.variance

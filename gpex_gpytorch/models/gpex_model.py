@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gpytorch
 import torch
 from gpytorch.distributions import MultitaskMultivariateNormal
 from gpytorch.models import ApproximateGP
 from torch import Tensor
 
 from ..kernels import CachedDeepKernel
-from ..utils import check_finite, check_tensor
+from ..utils import check_input_data, module_dtype
 from ..variational import GPEXVariationalDistribution, GPEXVariationalStrategy
 
 __all__ = ["GPEXModel"]
@@ -89,14 +90,35 @@ class GPEXModel(ApproximateGP):
 
     @torch.no_grad()
     def predict(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and variance, each ``(N, H)``, without gradient (eval-mode cache used)."""
-        check_tensor("inputs", inputs, device=self.covar_module.embeddings.device)
-        if inputs.is_floating_point():
-            check_finite("inputs", inputs)  # a NaN input would come back as a silent NaN prediction
+        r"""Posterior mean and variance, each ``(N, H)``, without gradient (eval-mode cache used).
+
+        The variance is the exact diagonal :math:`c(x) = \sigma^2 u^\top A^{-1} u` (a sum of
+        squares, never negative), not floored at ``gpytorch.settings.min_variance``: with small
+        features or noise it can be far below ``1e-6`` and is returned as computed.
+
+        :param inputs: a non-empty batch, finite, of the kernel network's dtype and the cache's
+            device (checked with :func:`~gpex_gpytorch.utils.check_input_data`).
+        """
+        kernel = self.covar_module
+        dtype = module_dtype(kernel.feature_extractor)
+        check_input_data("inputs", inputs, dtype=dtype, device=kernel.embeddings.device, integer_ok=True)
         was_training = self.training
         self.eval()
         try:
-            output = self(inputs)
-            return output.mean, output.variance
+            try:
+                output = self(inputs)
+            except RuntimeError as error:
+                if inputs.is_floating_point():
+                    raise
+                # Integer inputs are allowed for networks that take token ids; this one does not.
+                raise TypeError(
+                    f"inputs: the kernel network failed on inputs of dtype {inputs.dtype}; expected dtype {dtype} "
+                    f"(the model's), convert with .to({dtype}) ({error})"
+                ) from error
+            # The root-based diagonal is exact and non-negative; gpytorch's floor would replace
+            # small variances by min_variance (and warn of "negative variances").
+            with gpytorch.settings.min_variance(0.0, 0.0, 0.0):
+                variance = output.variance
+            return output.mean, variance
         finally:
             self.train(was_training)

@@ -148,7 +148,7 @@ def _sqrt_cores(root: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
     :returns: ``(W, V)`` in the factor dtype.  # shape: (*batch, D, D), (*batch, D, D)
     """
     fdt = _factor_dtype(root.dtype)
-    gram = (root.mT @ root).to(fdt)
+    gram = _blocked_gram(root)
     s = noise.to(fdt).unsqueeze(-1)  # shape: (*batch, 1, 1)
     sigma = s.sqrt()
     eye = torch.eye(gram.size(-1), dtype=fdt, device=root.device)
@@ -189,6 +189,31 @@ def _batch_indices(batch: torch.Size) -> Iterator[tuple[int, ...]]:
 
 
 def _blocked_gram(root: Tensor) -> Tensor:
+    """``rootᵀ root`` in the factor dtype (:func:`_blocked_gram_sums`), also for a finite root whose squares overflow.
+
+    A float32 root with entries near 1e20 is finite, but its products overflow float32 partial
+    sums: then the root is scaled by a power of two (exact), summed, and scaled back in the factor
+    dtype. Only a root that is itself not finite, or whose Gram exceeds even the factor dtype, is
+    rejected. The check costs nothing on the normal path (a D×D finiteness test).
+
+    :param root: ``R``.  # shape: (*batch, M, D)
+    :returns: ``Rᵀ R``.  # shape: (*batch, D, D)
+    """
+    gram = _blocked_gram_sums(root)
+    if bool(torch.isfinite(gram).all()) or not bool(torch.isfinite(root).all()):
+        return gram  # finite, or a NaN/inf root: _capacitance_cholesky names it
+    exponent = torch.frexp(root.detach().abs().amax()).exponent
+    scaled = torch.ldexp(root, -exponent)  # max |entry| in [0.5, 1): no product can overflow
+    gram = torch.ldexp(_blocked_gram_sums(scaled), 2 * exponent.to(_factor_dtype(root.dtype)))
+    if not bool(torch.isfinite(gram).all()):
+        raise NonFiniteError(
+            f"root: finite, but rootᵀroot exceeds the range of {gram.dtype} (max |root| = "
+            f"{root.detach().abs().amax().item():.3g}); scale the root and the noise down together"
+        )
+    return gram
+
+
+def _blocked_gram_sums(root: Tensor) -> Tensor:
     """``rootᵀ root`` in the factor dtype, float32 partial sums over ``_BLOCK_ROWS`` rows added in float64.
 
     One batched product over row blocks costs the same as the single GEMM (measured at M = 10⁶, D = 64:
@@ -793,6 +818,21 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
     def _preconditioner(self) -> tuple[None, None, None]:
         return None, None, None
 
+    def _check_operand(self, name: str, value: object) -> None:
+        """A tensor with data, of the operator's dtype and device (no silent promotion or transfer)."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        if value.dim() == 0:
+            raise ValueError(f"{name}: expected a tensor with at least 1 dimension, got a scalar")
+        if value.is_meta and not self.root.is_meta:
+            raise ValueError(f"{name}: expected a tensor with data on {self.device}, got one on the meta device")
+        if value.device != self.root.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {self.root.device} (the operator's), got one on {value.device}"
+            )
+        if value.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype} (the operator's), got {value.dtype}")
+
     def solve(self, right_tensor: Tensor, left_tensor: Tensor | None = None) -> Tensor:
         r"""Exact :math:`\mathbf A^{-1}\mathbf B` or :math:`\mathbf L \mathbf A^{-1}\mathbf B` in O(M·D·(D + P)).
 
@@ -802,6 +842,7 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         :param right_tensor: :math:`\mathbf B`, shape ``(..., M, P)`` or ``(M,)``.
         :param left_tensor: :math:`\mathbf L`, shape ``(..., O, M)``.
         """
+        self._check_operand("right_tensor", right_tensor)
         squeeze = right_tensor.dim() == 1
         rhs = right_tensor.unsqueeze(-1) if squeeze else right_tensor
         if rhs.size(-2) != self.size(-1):
@@ -809,6 +850,13 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
                 f"right_tensor: expected shape (..., {self.size(-1)}, K) or ({self.size(-1)},) to match the operator's "
                 f"{self.size(-1)} rows, got {tuple(right_tensor.shape)}"
             )
+        if left_tensor is not None:
+            self._check_operand("left_tensor", left_tensor)
+            if left_tensor.dim() < 2 or left_tensor.size(-1) != self.size(-1):
+                raise ValueError(
+                    f"left_tensor: expected shape (..., O, {self.size(-1)}) to match the operator's {self.size(-1)} "
+                    f"columns, got {tuple(left_tensor.shape)}"
+                )
         if left_tensor is None:
             res = self._solve(rhs)
             return res.squeeze(-1) if squeeze else res
@@ -833,6 +881,7 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
             raise RuntimeError("Either `inv_quad_rhs` or `logdet` must be specifed.")
         if inv_quad_rhs is None:
             return None, _InvQuadLogdet.apply(self.root, self.noise, None)[1]
+        self._check_operand("inv_quad_rhs", inv_quad_rhs)
         rhs, vector = (inv_quad_rhs.unsqueeze(-1), True) if inv_quad_rhs.dim() == 1 else (inv_quad_rhs, False)
         if rhs.size(-2) != self.size(-1):
             raise ValueError(

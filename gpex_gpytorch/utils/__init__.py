@@ -13,8 +13,10 @@ from .validation import (
     check_finite,
     check_finite_rows,
     check_index_tensor,
+    check_input_data,
     check_positive,
     check_tensor,
+    module_dtype,
     nonfinite_rows,
 )
 
@@ -26,10 +28,12 @@ __all__ = [
     "check_finite",
     "check_finite_rows",
     "check_index_tensor",
+    "check_input_data",
     "check_positive",
     "check_precision",
     "check_tensor",
     "condition_bound",
+    "module_dtype",
     "nonfinite_rows",
     "relative_error_bound",
     "resolve_submodule",

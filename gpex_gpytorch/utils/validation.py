@@ -116,6 +116,52 @@ def check_finite_rows(name: str, value: Tensor, dim: int, labels: Tensor | None 
     return value
 
 
+def module_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter or buffer (``None`` if it has none)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_input_data(
+    name: str,
+    value: object,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    integer_ok: bool = False,
+) -> Tensor:
+    """The shared check of data at public entry points (model ``predict``, ``Distiller.fit``, explainers).
+
+    Policy (``docs/numerics.md``): a batch of inputs must be a non-empty tensor on ``device`` of
+    exactly the model's floating-point ``dtype`` — other floating dtypes (float64 from numpy or
+    scikit-learn, float16) are rejected naming the dtype and the conversion, never cast
+    silently — and finite: a NaN or inf is rejected naming the first bad rows, at O(N) cost.
+
+    :param dtype: the model's dtype (e.g. :func:`module_dtype` of its network); ``None``: any floating dtype.
+    :param integer_ok: also let integer inputs through (token ids for a network that starts with
+        an embedding); the caller then names the dtype if the network fails on them.
+    """
+    check_tensor(name, value, device=None if device is None else torch.device(device))
+    assert isinstance(value, Tensor)
+    _check_has_data(name, value)
+    if value.dim() == 0 or value.shape[0] == 0:
+        raise ValueError(
+            f"{name}: expected a non-empty batch (N >= 1 along dimension 0), got shape {tuple(value.shape)}"
+        )
+    if integer_ok and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool:
+        return value
+    if not value.is_floating_point() or (dtype is not None and value.dtype != dtype):
+        wanted = "a floating-point dtype" if dtype is None else f"dtype {dtype} (the model's)"
+        fix = "" if dtype is None else f"; convert with .to({dtype})"
+        raise TypeError(f"{name}: expected {wanted}, got {value.dtype}{fix}")
+    check_finite_rows(name, value, 0)
+    return value
+
+
 def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
     """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (without growing it)."""
     try:

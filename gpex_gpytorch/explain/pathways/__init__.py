@@ -5,14 +5,20 @@
 * :mod:`.objectives` -- faithfulness (distillation), instance-specific sparsity, class relevance.
 * :mod:`.training` -- :func:`train_pathway_explainer` / :func:`fit_pathways`.
 * :mod:`.metrics` -- faithfulness, insertion/deletion curves, sparsity, class IoU, transfer.
-* :mod:`.baselines` -- random, top-k activation and gradient x activation masks at matched sparsity.
-* :mod:`.gpex_connection` -- rank correlation between pathway similarity and an embedding (kernel) space.
+* :mod:`.metrics` also holds GEN-CNP's own metrics (:func:`paper_metrics`: mIC, mDC, sparsity, acIOU),
+  fixed-fraction masks and the per-instance minimal faithful fraction of a ranking.
+* :mod:`.baselines` -- random, top-k activation, gradient x activation and class-mean gradient x
+  activation masks at matched sparsity.
+* :mod:`.gpex_connection` -- rank correlation between pathway similarity and an embedding (kernel)
+  space, and how much of a GPEX model's view of an input survives its pathway.
 
 See ``docs/pathways.md`` for the method, the choices made and the measured results.
 """
 
 from gpex_gpytorch.explain.pathways.baselines import (
     activation_scores,
+    class_mean_scores,
+    class_scores_for,
     gradient_x_activation_scores,
     matched_counts,
     random_scores,
@@ -27,8 +33,11 @@ from gpex_gpytorch.explain.pathways.channel_masks import (
 from gpex_gpytorch.explain.pathways.generator import PathwayExplainer, PathwayGenerator, binarize
 from gpex_gpytorch.explain.pathways.gpex_connection import (
     PathwayEmbeddingCorrelation,
+    PathwayKernelSurvival,
     kernel_similarity,
     pathway_embedding_correlation,
+    pathway_kernel_survival,
+    submodule_inputs,
 )
 from gpex_gpytorch.explain.pathways.metrics import (
     ClassIoU,
@@ -37,10 +46,13 @@ from gpex_gpytorch.explain.pathways.metrics import (
     class_pathways,
     deletion_insertion_curves,
     faithfulness,
+    fraction_masks,
     layer_sparsity,
     mask_iou,
     masked_logits,
+    minimal_faithful_masks,
     pairwise_iou,
+    paper_metrics,
     transfer_faithfulness,
 )
 from gpex_gpytorch.explain.pathways.objectives import (
@@ -64,6 +76,7 @@ __all__ = [
     "DeletionInsertion",
     "PathwayEmbeddingCorrelation",
     "PathwayExplainer",
+    "PathwayKernelSurvival",
     "PathwayGenerator",
     "PathwayObjective",
     "PathwayTrainingConfig",
@@ -71,6 +84,8 @@ __all__ = [
     "apply_channel_masks",
     "binarize",
     "capture_outputs",
+    "class_mean_scores",
+    "class_scores_for",
     "class_iou",
     "class_pathways",
     "class_relevance_loss",
@@ -79,6 +94,7 @@ __all__ = [
     "faithfulness_gate",
     "faithfulness_loss",
     "fit_pathways",
+    "fraction_masks",
     "frozen",
     "gradient_x_activation_scores",
     "kernel_similarity",
@@ -87,13 +103,17 @@ __all__ = [
     "mask_density",
     "mask_iou",
     "masked_logits",
+    "minimal_faithful_masks",
     "matched_counts",
     "pairwise_iou",
+    "paper_metrics",
     "pathway_embedding_correlation",
+    "pathway_kernel_survival",
     "prototype_loss",
     "random_scores",
     "resolve_layers",
     "sparsity_loss",
+    "submodule_inputs",
     "top_k_masks",
     "train_pathway_explainer",
     "transfer_faithfulness",

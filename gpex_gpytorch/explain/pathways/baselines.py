@@ -1,10 +1,14 @@
-"""Baseline pathways: random masks, top-k activation masks and gradient x activation masks.
+"""Baseline pathways: random, top-k activation, gradient x activation and class-mean gradient x activation masks.
 
 Each baseline is a per-channel *score* turned into a binary mask by keeping the ``k`` highest
 scores of each instance and layer (:func:`top_k_masks`). Comparisons "at equal sparsity" use
 :func:`matched_counts`: ``k`` is taken from a reference pathway (the generator's) per instance and
 per layer, so a baseline keeps exactly as many channels of each layer of each input as the
 generator did -- the generator's instance-specific sparsity is matched, not just its average.
+
+The class-mean baseline (:func:`class_mean_scores`, :func:`class_scores_for`) averages gradient x
+activation scores over the training inputs the network assigns to each class, once; at test time
+an input's channel scores are its predicted class's row, looked up without a backward pass.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from gpex_gpytorch.explain.pathways.channel_masks import capture_outputs, channe
 __all__ = [
     "ActivationReduce",
     "activation_scores",
+    "class_mean_scores",
+    "class_scores_for",
     "gradient_x_activation_scores",
     "matched_counts",
     "random_scores",
@@ -134,3 +140,46 @@ def gradient_x_activation_scores(
         prod = (grad * out).detach().movedim(dim, -1)
         scores[name] = prod.reshape(out.shape[0], -1, out.shape[dim]).sum(dim=1)
     return scores
+
+
+def class_mean_scores(scores: Mapping[str, Tensor], classes: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Mean channel score of each class: ``{layer: (num_classes, C)}`` from per-instance ``{layer: (N, C)}``.
+
+    :param scores: e.g. :func:`gradient_x_activation_scores` on the training inputs.
+    :param classes: ``(N,)`` the class of each instance (normally the network's prediction).
+    :param num_classes: ``K``; a class without instances gets a row of zeros (ties: the lower
+        channel indices are kept first by :func:`top_k_masks`).
+    :raises ValueError: ``classes`` of the wrong shape or outside ``[0, K)``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
+    result: dict[str, Tensor] = {}
+    for name, score in scores.items():
+        if score.dim() != 2:
+            raise ValueError(f"scores[{name!r}]: expected shape (N, C), got {tuple(score.shape)}")
+        if classes.shape != (score.shape[0],):
+            raise ValueError(f"classes: expected shape ({score.shape[0]},), got {tuple(classes.shape)}")
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+            raise ValueError(
+                f"classes: expected values in [0, {num_classes}), got [{int(classes.min())}, {int(classes.max())}]"
+            )
+        index = classes.to(score.device).long()
+        sums = torch.zeros(num_classes, score.shape[1], dtype=torch.float64, device=score.device)
+        sums.index_add_(0, index, score.to(torch.float64))
+        counts = torch.bincount(index, minlength=num_classes).to(torch.float64).clamp_min(1.0)
+        result[name] = (sums / counts[:, None]).to(score.dtype)
+    return result
+
+
+def class_scores_for(class_scores: Mapping[str, Tensor], classes: Tensor) -> dict[str, Tensor]:
+    """Per-instance scores ``{layer: (N, C)}``: the row of each instance's class in ``{layer: (K, C)}``."""
+    result: dict[str, Tensor] = {}
+    for name, table in class_scores.items():
+        if table.dim() != 2:
+            raise ValueError(f"class_scores[{name!r}]: expected shape (K, C), got {tuple(table.shape)}")
+        if classes.dim() != 1 or (classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= table.shape[0])):
+            raise ValueError(
+                f"classes: expected a (N,) tensor of values in [0, {table.shape[0]}), got {classes.tolist()[:8]}"
+            )
+        result[name] = table[classes.to(table.device).long()]
+    return result

@@ -14,8 +14,18 @@ alone; the **within-class** Spearman (computed over same-class pairs of each cla
 classes) tells whether the agreement reaches below the class level.
 
 The embedding is any callable ``embed(x) -> (N, D)`` or ``(H, N, D)`` (``H`` heads, e.g. one GP
-kernel space per output; their similarity matrices are averaged). The ``gpex pathways`` command
-uses the target network's penultimate features until the GP kernel space is plugged in.
+kernel space per output; their similarity matrices are averaged).
+
+The second measurement asks how much of the GP's explanation *survives* a pathway
+(:func:`pathway_kernel_survival`). A GPEX model that explains a sub-module of the network (e.g. the
+classifier head, whose input is the penultimate activations) embeds that sub-module's input with
+its kernel network. Running the network under the pathway changes that input; the GP then sees a
+different point. For each input: the cosine similarity between the kernel embeddings of the
+masked and the full sub-module input (in the head of the GP's predicted class; the kernel is
+linear in the embedding, so this is the normalised kernel value between the two), the overlap of
+their top-``k`` kernel neighbours among the inducing examples (the GP's example-based
+explanation), and whether the GP's predicted class is unchanged. Only public GP-side calls are
+used: :meth:`GPEXModel.predict`, ``covar_module.embed`` and :func:`nearest_neighbours`.
 """
 
 from __future__ import annotations
@@ -27,16 +37,24 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torch import Tensor
+from torch import Tensor, nn
 
+from gpex_gpytorch.explain.kernel_similarity import DEFAULT_METRIC
+from gpex_gpytorch.explain.nearest_neighbours import nearest_neighbours
+from gpex_gpytorch.explain.pathways.channel_masks import apply_channel_masks
 from gpex_gpytorch.explain.pathways.metrics import pairwise_iou
+from gpex_gpytorch.models.gpex_model import GPEXModel
+from gpex_gpytorch.utils import resolve_submodule
 
 __all__ = [
     "EmbedFn",
     "PathwayEmbeddingCorrelation",
     "SimilarityKind",
+    "PathwayKernelSurvival",
     "kernel_similarity",
     "pathway_embedding_correlation",
+    "pathway_kernel_survival",
+    "submodule_inputs",
     "spearman_upper",
 ]
 
@@ -189,4 +207,111 @@ def pathway_embedding_correlation(
         within_class_spearman=within,
         n_inputs=n,
         n_permutations=n_permutations,
+    )
+
+
+@torch.no_grad()
+def submodule_inputs(
+    model: nn.Module,
+    submodule: str,
+    x: Tensor,
+    masks: Mapping[str, Tensor] | None = None,
+    *,
+    batch_size: int = 512,
+) -> Tensor:
+    """The input of ``model``'s sub-module ``submodule`` on ``x``, with the pathway ``masks`` applied upstream.
+
+    :param submodule: dotted sub-module name (e.g. ``"classifier"``); its first positional input is read.
+    :param masks: ``{layer: (N, C)}`` per-instance pathways, or ``None`` for the full network.
+    :raises ValueError: unknown ``submodule`` (naming the argument), or masks for another number of inputs.
+    """
+    _, module = resolve_submodule(model, submodule, argument="submodule")
+    if masks is not None:
+        for name, mask in masks.items():
+            if mask.shape[0] != x.shape[0]:
+                raise ValueError(f"masks[{name!r}]: expected {x.shape[0]} rows, one per input, got {mask.shape[0]}")
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        captured.append(args[0].detach())
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start : start + batch_size]
+            if masks is None:
+                model(chunk)
+            else:
+                with apply_channel_masks(model, {n: m[start : start + batch_size] for n, m in masks.items()}):
+                    model(chunk)
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+@dataclass(frozen=True)
+class PathwayKernelSurvival:
+    """How much of a GPEX explanation survives a pathway (:func:`pathway_kernel_survival`), means over inputs.
+
+    :ivar embedding_cosine: cosine between the kernel embeddings of the masked and the full input.
+    :ivar neighbour_overlap: ``|top-k(masked) ∩ top-k(full)| / k`` over the inducing examples.
+    :ivar prediction_agreement: share of inputs whose GP-predicted class is unchanged.
+    :ivar k: neighbours compared.
+    :ivar per_input_cosine: ``(N,)`` the cosines, for spreads and plots.
+    """
+
+    embedding_cosine: float
+    neighbour_overlap: float
+    prediction_agreement: float
+    k: int
+    per_input_cosine: Tensor
+
+    def to_dict(self) -> dict[str, float]:
+        """The means, JSON-ready."""
+        return {
+            "embedding_cosine": self.embedding_cosine,
+            "neighbour_overlap": self.neighbour_overlap,
+            "prediction_agreement": self.prediction_agreement,
+            "k": self.k,
+        }
+
+
+@torch.no_grad()
+def pathway_kernel_survival(
+    gp: GPEXModel, full_inputs: Tensor, masked_inputs: Tensor, *, k: int = 10, metric: str = DEFAULT_METRIC
+) -> PathwayKernelSurvival:
+    """Compare a GPEX model's view of full and pathway-masked sub-module inputs (see the module docs).
+
+    :param gp: a fitted :class:`GPEXModel` whose kernel network takes the sub-module's input.
+    :param full_inputs: ``(N, ...)`` the sub-module's inputs from the full network (:func:`submodule_inputs`).
+    :param masked_inputs: the same inputs computed under the pathways.
+    :param k: neighbours compared, ``1 <= k <= M``.
+    :param metric: how neighbours are ranked (:func:`~gpex_gpytorch.explain.nearest_neighbours`).
+    """
+    if not isinstance(gp, GPEXModel):
+        raise TypeError(f"gp: expected a GPEXModel, got {type(gp).__name__}")
+    if full_inputs.shape != masked_inputs.shape or full_inputs.dim() < 2:
+        raise ValueError(
+            f"masked_inputs: expected the shape of full_inputs {tuple(full_inputs.shape)}, "
+            f"got {tuple(masked_inputs.shape)}"
+        )
+    device = gp.covar_module.embeddings.device
+    full_inputs, masked_inputs = full_inputs.to(device), masked_inputs.to(device)
+    mean_full, _ = gp.predict(full_inputs)
+    mean_masked, _ = gp.predict(masked_inputs)
+    heads = mean_full.argmax(dim=1)
+    rows = torch.arange(full_inputs.shape[0], device=heads.device)
+    a = gp.covar_module.embed(full_inputs)[heads, rows].double()  # shape: (N, D)
+    b = gp.covar_module.embed(masked_inputs)[heads, rows].double()
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30)
+    near_full = nearest_neighbours(gp, full_inputs, k=k, heads=heads, metric=metric, hub_warning=None).indices
+    near_masked = nearest_neighbours(gp, masked_inputs, k=k, heads=heads, metric=metric, hub_warning=None).indices
+    overlap = (near_full[:, :, None] == near_masked[:, None, :]).any(dim=2).double().mean(dim=1)
+    agreement = (mean_masked.argmax(dim=1) == heads).double().mean()
+    return PathwayKernelSurvival(
+        embedding_cosine=float(cosine.mean()),
+        neighbour_overlap=float(overlap.mean()),
+        prediction_agreement=float(agreement),
+        k=k,
+        per_input_cosine=cosine.cpu(),
     )

@@ -10,7 +10,13 @@ Conventions (documented in ``docs/pathways.md``):
 * faithfulness is measured against the **full network's prediction** ``y`` (the pathway explains
   the model): *agreement* = fraction of inputs whose masked prediction is ``y``; *confidence
   ratio* = mean of ``min(q(y) / p(y), 1)`` (masked vs full probability of ``y``); accuracy
-  against the labels is reported too when labels are given.
+  against the labels is reported too when labels are given;
+* the GEN-CNP paper's own metrics (:func:`paper_metrics`): **mDC** and **mIC**, the mean drop in
+  and the rate of increase in the confidence of ``y`` when the full network is replaced by its
+  pathway (GEN-CNP names them after Grad-CAM++'s "Average Drop" and "Increase in Confidence",
+  whose definitions are used here, with the masked network in place of the masked image);
+  **sparsity** in percent; **acIOU**, the pathway IoU between inputs of the same class averaged
+  over pairs and then over classes (every class weighs the same).
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ __all__ = [
     "deletion_insertion_curves",
     "faithfulness",
     "layer_sparsity",
+    "fraction_masks",
     "mask_iou",
     "masked_logits",
+    "minimal_faithful_masks",
+    "paper_metrics",
     "pairwise_iou",
     "transfer_faithfulness",
 ]
@@ -298,3 +307,99 @@ def transfer_faithfulness(
         "confidence_ratio_other_class": other_ratio,
         "density": density,
     }
+
+
+def paper_metrics(
+    model: nn.Module,
+    x: Tensor,
+    masks: Mapping[str, Tensor],
+    *,
+    classes: Tensor | None = None,
+    full_logits: Tensor | None = None,
+) -> dict[str, float]:
+    """GEN-CNP's metrics of pathways ``{layer: (N, C)}`` on ``x`` (see the module docs), in percent.
+
+    With ``p_i`` the full network's probability of its prediction ``y_i`` and ``q_i`` the masked
+    network's probability of the same class:
+
+    * ``mDC = 100 · mean_i max(0, p_i - q_i) / p_i`` (lower is better);
+    * ``mIC = 100 · mean_i [q_i > p_i]`` (higher is better);
+    * ``sparsity = 100 · (1 - mean kept fraction)``, layers weighted equally;
+    * ``acIOU = 100 · mean over classes of the mean IoU over same-class pairs`` (needs two inputs
+      of a class; ``classes`` defaults to ``y``).
+    """
+    masks = _check_masks(masks)
+    n = next(iter(masks.values())).shape[0]
+    if x.shape[0] != n:
+        raise ValueError(f"x: expected {n} inputs to match the masks, got {x.shape[0]}")
+    full = _full_logits(model, x) if full_logits is None else full_logits
+    predicted = full.argmax(dim=1)
+    classes = predicted if classes is None else classes
+    masked = masked_logits(model, x, masks)
+    p = F.softmax(full.double(), dim=1).gather(1, predicted[:, None]).squeeze(1)
+    q = F.softmax(masked.double(), dim=1).gather(1, predicted[:, None]).squeeze(1)
+    drop = ((p - q).clamp_min(0.0) / p.clamp_min(1e-300)).mean()
+    increase = (q > p).double().mean()
+    density = torch.stack([m.mean() for m in masks.values()]).mean()
+    per_class = class_iou(masks, classes).per_class
+    return {
+        "mDC": 100.0 * float(drop),
+        "mIC": 100.0 * float(increase),
+        "sparsity": 100.0 * float(1.0 - density),
+        "acIOU": 100.0 * float(sum(per_class.values()) / len(per_class)) if per_class else float("nan"),
+    }
+
+
+def fraction_masks(scores: Mapping[str, Tensor], fraction: float | Tensor) -> dict[str, Tensor]:
+    """Keep the ``ceil(fraction · C_l)`` highest-scoring channels of every layer (per instance).
+
+    :param fraction: one value in ``(0, 1]`` for all instances, or ``(N,)`` values, one per instance.
+    :raises ValueError: a fraction outside ``(0, 1]``.
+    """
+    f = torch.as_tensor(fraction, dtype=torch.float64)
+    if f.dim() > 1 or bool(((f <= 0) | (f > 1) | torch.isnan(f)).any()):
+        raise ValueError(f"fraction: expected values in (0, 1], got {f.tolist()}")
+    # the tolerance absorbs float32 fractions (0.2 in float32 is 0.2000000030, and 5 x that must keep 1)
+    counts = {n: torch.ceil(f * s.shape[1] - 1e-5).long() for n, s in scores.items()}
+    return top_k_masks(scores, counts)
+
+
+def minimal_faithful_masks(
+    model: nn.Module,
+    x: Tensor,
+    scores: Mapping[str, Tensor],
+    fractions: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0),
+    *,
+    min_confidence_ratio: float = 0.0,
+    full_logits: Tensor | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Per instance, the smallest fraction of a channel ranking that keeps the full network's prediction.
+
+    An *instance-specific* sparsity obtained by search rather than learnt: for every input, the
+    smallest ``f`` in ``fractions`` whose :func:`fraction_masks` keep the prediction ``y`` (and,
+    optionally, at least ``min_confidence_ratio`` of ``p(y)``). It costs one masked forward pass
+    per fraction and needs no gradient; an input that no fraction satisfies keeps the largest one.
+
+    :returns: the masks and the ``(N,)`` fraction chosen for each input.
+    :raises ValueError: ``fractions`` empty or outside ``(0, 1]``, ``min_confidence_ratio`` outside ``[0, 1]``.
+    """
+    grid = sorted(float(f) for f in fractions)
+    if not grid or grid[0] <= 0.0 or grid[-1] > 1.0:
+        raise ValueError(f"fractions: expected values in (0, 1], got {list(fractions)}")
+    if not 0.0 <= min_confidence_ratio <= 1.0:
+        raise ValueError(f"min_confidence_ratio: expected a value in [0, 1], got {min_confidence_ratio}")
+    full = _full_logits(model, x) if full_logits is None else full_logits
+    predicted = full.argmax(dim=1)
+    p = F.softmax(full, dim=1).gather(1, predicted[:, None]).squeeze(1)
+    chosen = torch.full((x.shape[0],), grid[-1], dtype=torch.float64)
+    settled = torch.zeros(x.shape[0], dtype=torch.bool)
+    for f in grid:
+        masked = masked_logits(model, x, fraction_masks(scores, f))
+        q = F.softmax(masked, dim=1).gather(1, predicted[:, None]).squeeze(1)
+        ok = (masked.argmax(dim=1) == predicted) & (q >= min_confidence_ratio * p)
+        new = ok.cpu() & ~settled
+        chosen[new] = f
+        settled |= ok.cpu()
+        if bool(settled.all()):
+            break
+    return fraction_masks(scores, chosen), chosen

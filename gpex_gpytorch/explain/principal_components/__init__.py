@@ -8,7 +8,10 @@ rather than by individual neurons. This package measures
   PCs versus the ``k`` highest-variance neurons;
 * completeness 2 (:func:`ablation_curves`): the accuracy while PCs or neurons are ablated
   (projected out and replaced by their mean, :class:`Ablation`), by descending or ascending variance;
-* interpretability (:func:`pc_vs_neuron_grids`): dataset inputs along each PC and each neuron;
+* interpretability (:func:`pc_vs_neuron_grids`, :func:`interpretability_summary`): dataset inputs
+  along each PC, each neuron and random directions, every basis sampled the same way (quantiles of
+  the score, top/bottom-scoring inputs, or Dey et al.'s nearest neighbours of points along the
+  direction), each grid row scored by label purity, label entropy, monotonicity and coverage;
 
 and applies the same analysis to the kernel space of each GPEX head (:func:`kernel_space_pca`),
 with the share of the GP posterior mean that each kernel-space PC carries.
@@ -43,7 +46,18 @@ from .completeness import (
     variance_completeness,
 )
 from .figures import plot_completeness
-from .interpretability import GridPanel, direction_grid, nearest_along_direction, pc_vs_neuron_grids, plot_grid_panels
+from .interpretability import (
+    BASES,
+    SAMPLINGS,
+    GridPanel,
+    RowInterpretability,
+    direction_grid,
+    interpretability_summary,
+    nearest_along_direction,
+    pc_vs_neuron_grids,
+    plot_grid_panels,
+    row_interpretability,
+)
 from .kernel_space import (
     HeadKernelPCA,
     KernelSpacePCA,
@@ -56,6 +70,8 @@ from .layer_pca import LayerActivations, LayerPCA, collect_layer_activations, ev
 from .streaming_pca import PCAResult, StreamingPCA, pca_lowrank, symmetric_eigh
 
 __all__ = [
+    "BASES",
+    "SAMPLINGS",
     "Ablation",
     "AblationCurve",
     "ActivationRecorder",
@@ -67,6 +83,7 @@ __all__ = [
     "LayerPCA",
     "LayerRewriter",
     "PCAResult",
+    "RowInterpretability",
     "StreamingPCA",
     "VarianceCompleteness",
     "ablate",
@@ -82,6 +99,7 @@ __all__ = [
     "evaluation_mode",
     "fit_layer_pca",
     "gpex_kernel_space_pca",
+    "interpretability_summary",
     "k_for_fraction",
     "kernel_space_grids",
     "kernel_space_pca",
@@ -92,6 +110,7 @@ __all__ = [
     "plot_grid_panels",
     "posterior_mean_weights",
     "resolve_capture_point",
+    "row_interpretability",
     "symmetric_eigh",
     "to_vectors",
     "variance_completeness",

@@ -254,10 +254,18 @@ class StreamingPCA:
         """Diagonalise the covariance (``torch.linalg.eigh`` in the accumulation dtype).
 
         :param num_components: keep the top ``k`` components (default: all ``F``).
-        :raises ValueError: with fewer than two samples, or ``num_components`` outside ``[1, F]``.
+        :raises ValueError: with fewer than two samples, or ``num_components`` outside ``[1, min(N, F)]``
+            (as scikit-learn's ``PCA``: ``N`` samples span at most ``N - 1`` directions of non-zero
+            variance, so asking for more components than samples is asking for arbitrary directions).
         """
         cov = self.covariance()
         f = cov.shape[0]
+        if num_components is not None and not isinstance(num_components, bool) and isinstance(num_components, int):
+            if num_components > self._count and num_components <= f:
+                raise ValueError(
+                    f"num_components: expected at most the {self._count} samples seen (min(samples, features) = "
+                    f"{min(self._count, f)}), got {num_components}"
+                )
         k = f if num_components is None else check_count("num_components", num_components, low=1, high=f)
         cov = 0.5 * (cov + cov.T)
         eigenvalues, vectors = symmetric_eigh(cov, self._eigh_threads)
