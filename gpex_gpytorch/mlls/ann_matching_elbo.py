@@ -133,6 +133,8 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             raise ValueError(f"num_data: expected an integer >= 1, got {num_data!r}")
         if not (float(ann_noise) >= 0.0 and math.isfinite(float(ann_noise))):
             raise ValueError(f"ann_noise: expected a finite value >= 0, got {ann_noise}")
+        if not isinstance(detach_variance, bool):
+            raise TypeError(f"detach_variance: expected a bool, got {type(detach_variance).__name__}")
         if not float(beta) >= 0.0:
             raise ValueError(f"beta: expected a value >= 0, got {beta}")
         check_ann_matching_likelihood(likelihood, model_num_outputs(model))
