@@ -104,17 +104,28 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     detached, i.e. a :math:`1/c`-weighted squared error), gradients flow through :math:`s^2`
     by default; ``detach_variance=True`` reproduces the original behaviour.
 
+    With a Gaussian likelihood and the defaults (:math:`\sigma_g^2 = 0`, gradient through :math:`s^2`)
+    this equals :class:`gpytorch.mlls.PredictiveLogLikelihood` applied to the network's outputs, value
+    and gradients (``docs/usage/elbo.md`` compares the three objectives).
+
     Works with any approximate GP whose output is a (multitask) multivariate normal, e.g. an SVGP
     with :class:`~gpytorch.variational.VariationalStrategy`, or :class:`~gpex_gpytorch.GPEXModel`.
+    The likelihood is checked at construction (and against the output at each call): a non-Gaussian
+    likelihood, or a multitask one whose ``num_tasks`` is not the model's output count, raises with
+    the remedy; to explain a classifier, match its logits (:func:`ann_matching_swap`).
 
-    :param likelihood: maps the latent GP to the predictive of the network's output; a
-        ``GaussianLikelihood`` (single output) or ``MultitaskGaussianLikelihood``. ``None`` uses the
-        latent posterior itself (:math:`s^2 = c`).
+    :param likelihood: maps the latent GP to the predictive of the network's output: a
+        ``GaussianLikelihood`` / ``FixedNoiseGaussianLikelihood`` (single-output GP) or a
+        ``MultitaskGaussianLikelihood`` (one task per GP output). ``None`` uses the latent posterior
+        itself (:math:`s^2 = c`).
     :param model: the approximate GP.
     :param num_data: number of training inputs (scales the KL term as in ``VariationalELBO``).
     :param beta: weight of the KL term.
     :param ann_noise: :math:`\sigma_g^2 \ge 0`, the variance of :math:`q_1`.
-    :param detach_variance: stop gradients through :math:`s^2` (the original code's choice).
+    :param detach_variance: stop gradients through :math:`s^2` (the original code's choice). The default
+        (``False``) is the measured choice for stock SVGP and SV-DKL models: with ``True`` the
+        likelihood's noise is never learnt and the latent variance carries no information about the
+        GP's error (``docs/usage/elbo.md``).
     :param combine_terms: as in ``VariationalELBO``.
     """
 
@@ -145,7 +156,8 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     def forward(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         """
         :param approximate_dist_f: the model's output.
-        :param target: the network's output, of the shape of the output's mean (or broadcastable to it).
+        :param target: the network's output: the shape of the output's mean, ``(N,)`` or ``(N, L)`` (the
+            model's batch dimensions may be broadcast, the ``N`` inputs and ``L`` outputs may not).
         """
         if not isinstance(approximate_dist_f, MultivariateNormal):
             raise TypeError(f"output: expected a gpytorch MultivariateNormal, got {type(approximate_dist_f).__name__}")
