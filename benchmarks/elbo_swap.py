@@ -339,6 +339,30 @@ def _summary_table(results: dict) -> dict:
     return table
 
 
+def markdown_table(report: dict) -> str:
+    """The docs' table: per recipe and objective, Pearson (mean over seeds, min in brackets) at each epoch
+    count, and the Spearman correlation of the latent variance with the squared error (mean over seeds)."""
+    lines = []
+    for recipe, by_objective in report["summary"].items():
+        epochs = sorted({int(e) for by_epoch in by_objective.values() for e in by_epoch})
+        header = " | ".join(f"Pearson, {e} epochs" for e in epochs)
+        spearman = " | ".join(f"Spearman, {e}" for e in epochs)
+        lines += [f"**{recipe}**", "", f"| objective | {header} | {spearman} | noise at {epochs[-1]} |"]
+        lines.append("|---" * (2 * len(epochs) + 2) + "|")
+        for objective in ("control", "eq5", "detached"):
+            if objective not in by_objective:
+                continue
+            at = by_objective[objective]
+            pearson = " | ".join(
+                f"{at[str(e)]['pearson_mean']['mean']:.4f} ({at[str(e)]['pearson_mean']['min']:.4f})" for e in epochs
+            )
+            rank = " | ".join(f"{at[str(e)]['spearman_variance_error']['mean']:.2f}" for e in epochs)
+            noise = at[str(epochs[-1])]["likelihood_noise"]["mean"]
+            lines.append(f"| {objective} | {pearson} | {rank} | {noise:.3g} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("elbo_swap_out"))
@@ -360,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="SV-DKL: fit the GPs to the logits standardised per logit (training mean and deviation)",
     )
+    parser.add_argument("--table-from", type=Path, default=None, help="print the markdown table of a JSON and exit")
     args = parser.parse_args(argv)
+    if args.table_from is not None:
+        print(markdown_table(json.loads(args.table_from.read_text())))
+        return 0
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], [5, 10, 25]
         args.svgp_samples, args.num_inducing, args.svdkl_train_fraction, args.cnn_epochs = 1500, 100, 0.5, 3
@@ -410,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "elbo_swap.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(results, args.out / "elbo_swap.png")
+    print(markdown_table(json.loads(json.dumps(report))))
     print(f"{report['seconds']:.0f} s; wrote {args.out / 'elbo_swap.json'}")
     return 0
 
