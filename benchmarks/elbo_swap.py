@@ -363,6 +363,28 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _merge(paths: list[Path], out: Path) -> int:
+    """One report from several runs (each run a recipe and some seeds, on a machine too busy for one run)."""
+    results: dict = {}
+    sources = []
+    for path in paths:
+        report = json.loads(path.read_text())
+        sources.append({"path": str(path), "settings": report["settings"], "seconds": report["seconds"]})
+        for recipe, by_objective in report["results"].items():
+            for objective, by_seed in by_objective.items():
+                if objective not in OBJECTIVES:
+                    continue
+                for seed, rows in by_seed.items():
+                    results.setdefault(recipe, {}).setdefault(objective, {})[str(seed)] = rows
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"sources": sources, "summary": _summary_table(results), "results": results}
+    (out / "elbo_swap.json").write_text(json.dumps(report, indent=1) + "\n")
+    _plot(results, out / "elbo_swap.png")
+    print(markdown_table(report))
+    print(f"wrote {out / 'elbo_swap.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("elbo_swap_out"))
@@ -385,10 +407,15 @@ def main(argv: list[str] | None = None) -> int:
         help="SV-DKL: fit the GPs to the logits standardised per logit (training mean and deviation)",
     )
     parser.add_argument("--table-from", type=Path, default=None, help="print the markdown table of a JSON and exit")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="merge the JSONs of runs into --out"
+    )
     args = parser.parse_args(argv)
     if args.table_from is not None:
         print(markdown_table(json.loads(args.table_from.read_text())))
         return 0
+    if args.merge is not None:
+        return _merge(args.merge, args.out)
     if args.quick:
         args.seeds, args.epochs = args.seeds[:1], [5, 10, 25]
         args.svgp_samples, args.num_inducing, args.svdkl_train_fraction, args.cnn_epochs = 1500, 100, 0.5, 3
