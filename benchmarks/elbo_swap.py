@@ -296,11 +296,12 @@ def _plot(results: dict, path: Path) -> None:
     recipes = [r for r in ("svgp", "svdkl") if r in results]
     fig, axes = plt.subplots(1, len(recipes), figsize=(5 * len(recipes), 3.6), squeeze=False)
     for ax, recipe in zip(axes[0], recipes, strict=True):
-        for objective, runs in results[recipe].items():
+        for objective in sorted(results[recipe], key=list(OBJECTIVES).index):
+            runs = results[recipe][objective]
             epochs = sorted({row["epoch"] for rows in runs.values() for row in rows})
             rows = [r for seed_rows in runs.values() for r in seed_rows]
             means = [np.nanmean([r["pearson_mean"] for r in rows if r["epoch"] == e]) for e in epochs]
-            ax.plot(epochs, means, marker="o", label=objective)
+            ax.plot(epochs, means, marker="o", label=objective, color=f"C{list(OBJECTIVES).index(objective)}")
         ax.set_xlabel("epochs")
         ax.set_ylabel("mean Pearson with the network (held out)")
         ax.set_title(recipe)
@@ -366,10 +367,13 @@ def markdown_table(report: dict) -> str:
 def _merge(paths: list[Path], out: Path) -> int:
     """One report from several runs (each run a recipe and some seeds, on a machine too busy for one run)."""
     results: dict = {}
+    meta: dict = {}
     sources = []
     for path in paths:
         report = json.loads(path.read_text())
         sources.append({"path": str(path), "settings": report["settings"], "seconds": report["seconds"]})
+        for key, by_seed in report.get("meta", {}).items():
+            meta.setdefault(key, {}).update(by_seed)
         for recipe, by_objective in report["results"].items():
             for objective, by_seed in by_objective.items():
                 if objective not in OBJECTIVES:
@@ -377,7 +381,7 @@ def _merge(paths: list[Path], out: Path) -> int:
                 for seed, rows in by_seed.items():
                     results.setdefault(recipe, {}).setdefault(objective, {})[str(seed)] = rows
     out.mkdir(parents=True, exist_ok=True)
-    report = {"sources": sources, "summary": _summary_table(results), "results": results}
+    report = {"sources": sources, "meta": meta, "summary": _summary_table(results), "results": results}
     (out / "elbo_swap.json").write_text(json.dumps(report, indent=1) + "\n")
     _plot(results, out / "elbo_swap.png")
     print(markdown_table(report))
