@@ -112,7 +112,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     with :class:`~gpytorch.variational.VariationalStrategy`, or :class:`~gpex_gpytorch.GPEXModel`.
     The likelihood is checked at construction (and against the output at each call): a non-Gaussian
     likelihood, or a multitask one whose ``num_tasks`` is not the model's output count, raises with
-    the remedy; to explain a classifier, match its logits (:func:`ann_matching_swap`).
+    the remedy; to explain a classifier, match its logits (:func:`~gpex_gpytorch.mlls.ann_matching_swap`).
 
     :param likelihood: maps the latent GP to the predictive of the network's output: a
         ``GaussianLikelihood`` / ``FixedNoiseGaussianLikelihood`` (single-output GP) or a
