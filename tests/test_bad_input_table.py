@@ -361,7 +361,7 @@ ROWS: list[Row] = [
         lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=3)(torch.zeros(3, H), torch.zeros(3, H)),
         TypeError, r"output: expected a gpytorch MultivariateNormal, got Tensor"),
     Row(gp.ANNMatchingELBO, "classification likelihood",
-        lambda fx: gp.ANNMatchingELBO(gpytorch.likelihoods.SoftmaxLikelihood(num_classes=H), fx.model, num_data=3),
+        lambda fx: gp.ANNMatchingELBO(gpytorch.likelihoods.SoftmaxLikelihood(H, H), fx.model, num_data=3),
         TypeError, r"likelihood: ANNMatchingELBO .* got SoftmaxLikelihood\. To explain a classifier"),
     Row(ann_matching_swap, "num_outputs=0", lambda fx: ann_matching_swap(fx.model, 3, num_outputs=0),
         ValueError, r"num_outputs: expected an integer >= 1"),
