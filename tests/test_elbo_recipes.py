@@ -84,6 +84,7 @@ def digits_and_logits() -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_the_sv_dkl_classification_swap_matches_the_cnns_logits(digits_and_logits: dict[str, torch.Tensor]) -> None:
     data = digits_and_logits
     torch.manual_seed(0)
@@ -137,6 +138,7 @@ class _SVGP(gpytorch.models.ApproximateGP):
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
 
+@pytest.mark.slow
 def test_the_svgp_regression_swap_matches_the_network_and_its_variance_tracks_the_error() -> None:
     from scipy.stats import spearmanr
     from sklearn.datasets import make_friedman1
