@@ -22,6 +22,7 @@ def ann_matching_swap(
     num_outputs: int,
     *,
     likelihood: Likelihood | None = None,
+    detach_variance: bool = True,
     **elbo_kwargs: object,
 ) -> tuple[ANNMatchingELBO, Likelihood]:
     r"""Build the objective and likelihood that make ``model`` explain a network's ``num_outputs`` outputs.
@@ -46,7 +47,12 @@ def ann_matching_swap(
     :param num_outputs: ``L``, the network's outputs (logits) per input.
     :param likelihood: the likelihood being replaced, checked against ``num_outputs`` (a
         ``SoftmaxLikelihood`` must have ``num_classes = L``). A Gaussian likelihood given here is kept.
-    :param elbo_kwargs: passed to :class:`ANNMatchingELBO` (``beta``, ``ann_noise``, ``detach_variance``...).
+    :param detach_variance: as in :class:`ANNMatchingELBO`, but ``True`` by default here: on GPyTorch's SV-DKL
+        recipe (learnt features feeding the GPs) it matched the logits best, mean Pearson 0.78 / 0.90 / 0.95
+        after 30 / 60 / 150 epochs against 0.72 / 0.79 / 0.91 with the gradient through :math:`s^2` and
+        0.83 / 0.74 / 0.93 for ``VariationalELBO`` (3 seeds, ``docs/usage/elbo.md``). The likelihood's
+        noise is then not learnt and the variance says nothing about the error; pass ``False`` for that.
+    :param elbo_kwargs: passed to :class:`ANNMatchingELBO` (``beta``, ``ann_noise``...).
     :returns: ``(mll, likelihood)``; the likelihood is on the model's device and dtype.
     """
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
@@ -82,7 +88,10 @@ def ann_matching_swap(
     parameter = next(iter(model.parameters()), None)
     if parameter is not None:
         new_likelihood = new_likelihood.to(device=parameter.device, dtype=parameter.dtype)
-    return ANNMatchingELBO(new_likelihood, model, num_data, **elbo_kwargs), new_likelihood
+    return (
+        ANNMatchingELBO(new_likelihood, model, num_data, detach_variance=detach_variance, **elbo_kwargs),
+        new_likelihood,
+    )
 
 
 def _is_multitask(model: ApproximateGP) -> bool:
