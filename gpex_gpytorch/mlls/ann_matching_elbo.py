@@ -123,9 +123,10 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     :param beta: weight of the KL term.
     :param ann_noise: :math:`\sigma_g^2 \ge 0`, the variance of :math:`q_1`.
     :param detach_variance: stop gradients through :math:`s^2` (the original code's choice). The default
-        (``False``) is the measured choice for stock SVGP and SV-DKL models: with ``True`` the
-        likelihood's noise is never learnt and the latent variance carries no information about the
-        GP's error (``docs/usage/elbo.md``).
+        (``False``) is the measured choice for stock SVGP regression: with ``True`` the likelihood's noise
+        is never learnt and the latent variance carries no information about the GP's error. On the
+        SV-DKL recipe ``True`` matched the network better (so :func:`~gpex_gpytorch.mlls.ann_matching_swap`
+        defaults to it); the table is in ``docs/usage/elbo.md``.
     :param combine_terms: as in ``VariationalELBO``.
     """
 
