@@ -9,7 +9,7 @@ network explained is ``DigitsCNN`` on scikit-learn's 8×8 digits.
 The same model and training loop are run with three objectives; only the ``mll`` line and the
 targets differ:
 
-* ``ann_matching``: ``ANNMatchingELBO(likelihood, gp, num_data)`` on the CNN's logits (GPEX, Eq. 5);
+* ``ann_matching``: ``ANNMatchingELBO`` on the CNN's logits (GPEX, Eq. 5), built by ``ann_matching_swap``;
 * ``elbo_on_ann``: ``VariationalELBO(likelihood, gp, num_data)`` on the CNN's logits (plain regression);
 * ``elbo_on_labels``: ``VariationalELBO(SoftmaxLikelihood(...), gp, num_data)`` on the true labels,
   the usual GP classifier, which never sees the CNN (its latent functions play the logits).
@@ -36,9 +36,9 @@ import gpytorch
 import torch
 from torch import Tensor, nn
 
-from gpex_gpytorch import ANNMatchingELBO
 from gpex_gpytorch.datasets import load_digits
 from gpex_gpytorch.distillation import pearson_per_head
+from gpex_gpytorch.mlls import ann_matching_swap
 from gpex_gpytorch.models import DigitsCNN, fit_classifier, predict_logits
 
 OBJECTIVES = ("ann_matching", "elbo_on_ann", "elbo_on_labels")
@@ -109,9 +109,11 @@ def train_svgp(
     inducing_inputs = x_train[torch.randperm(len(x_train), generator=generator)[: args.num_inducing]]
     model = DeepKernelSVGP(_mlp(x_train[0].numel(), args.hidden, args.features), inducing_inputs, num_heads)
     if objective == "ann_matching":
-        likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=num_heads)
-        # The swapped line. detach_variance: weight the squared error by a detached 1/s² (see main's --help).
-        mll = ANNMatchingELBO(likelihood, model.gp_layer, num_data=len(x_train), detach_variance=args.detach_variance)
+        # The swap: ANNMatchingELBO with a MultitaskGaussianLikelihood on the CNN's logits (one GP per logit,
+        # checked). detach_variance: weight the squared error by a detached 1/s² (see main's --help).
+        mll, likelihood = ann_matching_swap(
+            model.gp_layer, len(x_train), num_outputs=num_heads, detach_variance=args.detach_variance
+        )
         targets = ann_train
     elif objective == "elbo_on_ann":
         likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=num_heads)

@@ -182,3 +182,120 @@ def test_swapping_the_elbo_distils_a_small_ann_into_a_stock_svgp() -> None:
     for head in range(2):
         pearson = torch.corrcoef(torch.stack([predicted[:, head], y_test[:, head]]))[0, 1]
         assert pearson > 0.95, f"head {head}: Pearson {pearson:.3f}"
+
+
+# ------------------------------------------------------------------ likelihoods and output counts
+_UNSUPPORTED = {
+    "BernoulliLikelihood": lambda: gpytorch.likelihoods.BernoulliLikelihood(),
+    "StudentTLikelihood": lambda: gpytorch.likelihoods.StudentTLikelihood(),
+    "SoftmaxLikelihood": lambda: gpytorch.likelihoods.SoftmaxLikelihood(num_classes=3, mixing_weights=False),
+    "LaplaceLikelihood": lambda: gpytorch.likelihoods.LaplaceLikelihood(),
+    "PoissonLikelihood": lambda: gpytorch.likelihoods.PoissonLikelihood(),
+    "BetaLikelihood": lambda: gpytorch.likelihoods.BetaLikelihood(),
+    "DirichletClassificationLikelihood": lambda: gpytorch.likelihoods.DirichletClassificationLikelihood(
+        torch.tensor([0, 1, 1])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_UNSUPPORTED))
+def test_each_unsupported_likelihood_is_rejected_by_name_with_the_classifier_recipe(name: str) -> None:
+    message = rf"^likelihood: .*got {name}\. .*one GP per logit.*MultitaskGaussianLikelihood"
+    with pytest.raises(TypeError, match=message):
+        ANNMatchingELBO(_UNSUPPORTED[name](), _StubModel(0.0), num_data=3)
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [
+        None,
+        gpytorch.likelihoods.GaussianLikelihood(),
+        gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=torch.full((3,), 0.1)),
+    ],
+)
+def test_gaussian_likelihoods_are_accepted_for_a_single_output_gp(likelihood: object) -> None:
+    mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=3, beta=0.0)
+    mean, var, target = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.5, 1.0, 1.0])
+    if likelihood is None:
+        s2 = var
+    elif isinstance(likelihood, gpytorch.likelihoods.FixedNoiseGaussianLikelihood):
+        s2 = var + 0.1
+    else:
+        s2 = var + likelihood.noise.detach()
+    expected = (-0.5 * ((mean - target) ** 2 / s2 + torch.log(2 * math.pi * s2))).mean()
+    torch.testing.assert_close(mll(_mvn(mean, var), target), expected)
+
+
+def test_a_gp_output_count_that_mismatches_is_named() -> None:
+    model = _SVGP(torch.randn(4, 2), num_tasks=3)
+    with pytest.raises(ValueError, match=r"^likelihood: MultitaskGaussianLikelihood\(num_tasks=2\).* 3 output"):
+        ANNMatchingELBO(gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=2), model, num_data=8)
+    with pytest.raises(ValueError, match=r"^likelihood: GaussianLikelihood takes single-output GPs.*num_tasks=3"):
+        ANNMatchingELBO(gpytorch.likelihoods.GaussianLikelihood(), model, num_data=8)
+    mll = ANNMatchingELBO(gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=3), model, num_data=8)
+    output = model(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"^ann_output: the network has 2 outputs per input but the GP has 3"):
+        mll(output, torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"^ann_output: the network has 1 outputs per input but the GP has 3"):
+        mll(output, torch.randn(5, 1))  # broadcasting one network output over three GPs would hide the mismatch
+    with pytest.raises(ValueError, match=r"^ann_output: .*\(5, 3\)"):
+        mll(output, torch.randn(3))
+    single = ANNMatchingELBO(gpytorch.likelihoods.GaussianLikelihood(), _StubModel(0.0), num_data=3)
+    with pytest.raises(ValueError, match=r"^ann_output: .*needs a multitask GP"):
+        single(_mvn(torch.zeros(4), torch.ones(4)), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"^likelihood: MultitaskGaussianLikelihood needs a multitask output"):
+        ANNMatchingELBO(
+            gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=1), _UnknownOutputsModel(), num_data=3
+        )(_mvn(torch.zeros(4), torch.ones(4)), torch.zeros(4))
+
+
+class _UnknownOutputsModel(gpytorch.models.ApproximateGP):
+    """An ApproximateGP whose output count cannot be read before a call (a custom strategy)."""
+
+    def __init__(self) -> None:
+        super().__init__(_OpaqueStrategy())
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _OpaqueStrategy(torch.nn.Module):
+    def kl_divergence(self) -> torch.Tensor:
+        return torch.tensor(0.0)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 3])
+def test_with_defaults_it_equals_predictive_log_likelihood_values_and_gradients(num_tasks: int) -> None:
+    """Eq. 5 with σ_g² = 0 and the gradient through s² is log N(g; μ, c + σ_n²): GPyTorch's PLL."""
+    torch.manual_seed(3)
+    if num_tasks == 1:
+        model = _SingleSVGP(torch.randn(6, 2))
+        likelihood = gpytorch.likelihoods.GaussianLikelihood()
+        target = torch.randn(10)
+    else:
+        model = _SVGP(torch.randn(6, 2), num_tasks=num_tasks)
+        likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=num_tasks)
+        target = torch.randn(10, num_tasks)
+    likelihood.noise = 0.3
+    x = torch.randn(10, 2)
+    values, grads = [], []
+    for mll_cls in (ANNMatchingELBO, gpytorch.mlls.PredictiveLogLikelihood):
+        model.zero_grad()
+        likelihood.zero_grad()
+        value = mll_cls(likelihood, model, num_data=40)(model(x), target)
+        value.backward()
+        values.append(value.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in [*model.parameters(), *likelihood.parameters()]]))
+    torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+class _SingleSVGP(gpytorch.models.ApproximateGP):
+    def __init__(self, inducing: torch.Tensor) -> None:
+        distribution = gpytorch.variational.CholeskyVariationalDistribution(inducing.shape[0])
+        super().__init__(gpytorch.variational.VariationalStrategy(self, inducing, distribution))
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel())
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))

@@ -44,6 +44,7 @@ from functools import cached_property
 from pathlib import Path
 from unittest import mock
 
+import gpytorch
 import pytest
 import torch
 from gpytorch.distributions import MultivariateNormal
@@ -61,6 +62,7 @@ from gpex_gpytorch import utils as ut
 from gpex_gpytorch.explain import debugging_baselines as db
 from gpex_gpytorch.explain import pathways as pw
 from gpex_gpytorch.explain import principal_components as pc
+from gpex_gpytorch.mlls import ann_matching_swap
 
 M, H, D, F = 6, 3, 2, 4  # inducing rows, heads, embedding dim, input features
 NAN = float("nan")
@@ -425,13 +427,21 @@ ROWS: list[Row] = [
         ValueError, r"ann_noise: expected a finite value >= 0, got -1"),
     Row(gp.ANNMatchingELBO, "target heads mismatch",
         lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=3)(fx.output, torch.zeros(3, H + 1)),
-        ValueError, rf"ann_output: expected a shape broadcastable to the output's mean \(3, {H}\), got \(3, {H + 1}\)"),
+        ValueError, rf"ann_output: the network has {H + 1} outputs per input but the GP has {H}"),
     Row(gp.ANNMatchingELBO, "NaN target",
         lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=3)(fx.output, torch.full((3, H), NAN)),
         ValueError, r"ann_output: expected finite values"),
     Row(gp.ANNMatchingELBO, "output type",
         lambda fx: gp.ANNMatchingELBO(None, fx.model, num_data=3)(torch.zeros(3, H), torch.zeros(3, H)),
         TypeError, r"output: expected a gpytorch MultivariateNormal, got Tensor"),
+    Row(gp.ANNMatchingELBO, "classification likelihood",
+        lambda fx: gp.ANNMatchingELBO(gpytorch.likelihoods.SoftmaxLikelihood(H, H), fx.model, num_data=3),
+        TypeError, r"likelihood: ANNMatchingELBO .* got SoftmaxLikelihood\. To explain a classifier"),
+    Row(ann_matching_swap, "num_outputs=0", lambda fx: ann_matching_swap(fx.model, 3, num_outputs=0),
+        ValueError, r"num_outputs: expected an integer >= 1"),
+    Row(ann_matching_swap, "GP output count", lambda fx: ann_matching_swap(fx.model, 3, num_outputs=H + 1),
+        ValueError, rf"model: its variational strategy returns {H} output\(s\) per input, but the network has "
+        rf"num_outputs={H + 1}"),
     Row(gp.ann_matching_loss, "shape", lambda fx: gp.ann_matching_loss(fx.output, torch.zeros(3, H + 1)),
         ValueError, rf"ann_output: expected shape \(3, {H}\), got \(3, {H + 1}\)"),
     Row(gp.ann_matching_loss, "reduction",

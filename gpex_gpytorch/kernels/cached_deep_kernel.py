@@ -101,6 +101,19 @@ class CachedDeepKernel(Kernel):
             f"{embedding_dtype})",
             force=force_allocation,
         )
+        if kwargs.get("active_dims") is not None:
+            raise ValueError(
+                f"active_dims: CachedDeepKernel takes whatever inputs feature_extractor takes (images included), so it "
+                f"cannot select input dimensions; select them inside feature_extractor (e.g. a first module returning "
+                f"x[..., dims]), got active_dims={kwargs['active_dims']!r}"
+            )
+        if kwargs.get("batch_shape") is not None:
+            raise ValueError(
+                f"batch_shape: CachedDeepKernel's batch shape is (num_heads,) = ({num_heads},), set by num_heads; "
+                f"got batch_shape={kwargs['batch_shape']!r}"
+            )
+        kwargs.pop("active_dims", None)
+        kwargs.pop("batch_shape", None)
         super().__init__(batch_shape=torch.Size([num_heads]), **kwargs)
         self.feature_extractor = feature_extractor
         self.num_inducing = num_inducing
@@ -155,6 +168,12 @@ class CachedDeepKernel(Kernel):
         if features.dim() == 2 and features.shape[1] == h * d:
             features = features.reshape(n, h, d)
         elif not (features.dim() == 3 and features.shape[1:] == (h, d)):
+            if isinstance(x, Tensor) and features.dim() >= 3 and features.shape[-1] in (d, h * d):
+                raise ValueError(
+                    f"x: got shape {tuple(x.shape)}, for which feature_extractor returned {tuple(features.shape)}: a "
+                    f"leading batch dimension in front of the N inputs (a data batch) is not supported; pass one "
+                    f"batch of inputs (N, ...) at a time (the heads are the kernel's batch dimension, ({h},))"
+                )
             raise ValueError(
                 f"feature_extractor: expected an output of shape (N, {h}, {d}) or (N, {h * d}) "
                 f"(num_heads={h}, embedding_dim={d}), got {tuple(features.shape)}"
@@ -372,6 +391,38 @@ class CachedDeepKernel(Kernel):
         if f2 is f1:
             return LowRankRootLinearOperator(f1)  # shape: (H, N, N)
         return MatmulLinearOperator(f1, f2.mT)  # shape: (H, N1, N2)
+
+    def num_outputs_per_input(self, x1: Tensor, x2: Tensor) -> int:
+        """One output per input; also the hook through which GPyTorch's compositions see the inputs.
+
+        ``ScaleKernel``, sums and products of kernels go through ``Kernel.__call__``, which reads the inputs
+        as ``(..., N, d)`` (the leading dimensions as batch dimensions) to size its lazy result. That is
+        right only for 2-D inputs ``(N, d)``, so other shapes are refused here with the remedy, rather than
+        failing later with a shape mismatch.
+        """
+        for name, x in (("x1", x1), ("x2", x2)):
+            if isinstance(x, Tensor) and x.dim() != 2:
+                raise ValueError(
+                    f"{name}: GPyTorch's kernel compositions (ScaleKernel, kernel sums and products) read inputs as "
+                    f"(..., N, d), taking leading dimensions for batch dimensions, so a CachedDeepKernel inside "
+                    f"one needs 2-D inputs (N, d); got shape {tuple(x.shape)}. Flatten the inputs (x.flatten(1)) "
+                    f"and begin feature_extractor with nn.Unflatten(1, {tuple(x.shape[1:])}), or call the "
+                    f"CachedDeepKernel directly, which takes any input shape"
+                )
+        return 1
+
+    def __getitem__(self, index: object) -> CachedDeepKernel:
+        """Not supported: a head's kernel cannot be split off the shared kernel network and cache.
+
+        GPyTorch's ``kernel[i]`` copies the kernel with its batch parameters sliced; here the heads share
+        ``feature_extractor`` and one cache, so a copy would duplicate the network and the whole cache.
+        """
+        raise NotImplementedError(
+            f"CachedDeepKernel[{index!r}]: slicing out heads is not supported (the heads share feature_extractor "
+            f"and one inducing cache). Head h's kernel is k_h(x, x') = f_h(x)ᵀf_h(x'): index the result instead, "
+            f"kernel(x1, x2)[h], or the embeddings, kernel.embed(x)[h]; the cache rows of head h are "
+            f"kernel.embeddings[h] and its inducing values kernel.inducing_values[:, h]"
+        )
 
     def __call__(  # type: ignore[override]
         self,

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-from gpytorch.distributions import MultivariateNormal
-from gpytorch.likelihoods import Likelihood
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from gpytorch.likelihoods import (
+    DirichletClassificationLikelihood,
+    Likelihood,
+    _GaussianLikelihoodBase,
+    _MultitaskGaussianLikelihoodBase,
+)
 from gpytorch.mlls._approximate_mll import _ApproximateMarginalLogLikelihood
 from gpytorch.models import ApproximateGP
 from torch import Tensor
@@ -14,7 +19,68 @@ from torch import Tensor
 from ..utils import check_finite, check_tensor
 from ..utils.validation import broadcasts_to
 
-__all__ = ["ANNMatchingELBO"]
+__all__ = ["ANNMatchingELBO", "CLASSIFIER_RECIPE", "check_ann_matching_likelihood", "model_num_outputs"]
+
+CLASSIFIER_RECIPE = (
+    "To explain a classifier, match its logits: one GP per logit (e.g. "
+    "IndependentMultitaskVariationalStrategy(..., num_tasks=L), or num_dim=L GPs in an SV-DKL model) with "
+    "MultitaskGaussianLikelihood(num_tasks=L), the network's (N, L) logits as targets, and the GP's mean as the "
+    "explained logits at test time; gpex_gpytorch.mlls.ann_matching_swap builds this (docs/usage/elbo.md)."
+)
+
+
+def model_num_outputs(model: object) -> int | None:
+    """Outputs per input of an approximate GP, read from its variational strategy.
+
+    ``T`` for multitask strategies (``num_tasks``) and for :class:`~gpex_gpytorch.GPEXModel` (its heads),
+    ``1`` for the single-output strategies of GPyTorch, ``None`` when it cannot be told before a call.
+    """
+    from gpytorch.variational import _VariationalStrategy
+
+    from ..variational import GPEXVariationalStrategy
+
+    strategy = getattr(model, "variational_strategy", None)
+    if isinstance(strategy, GPEXVariationalStrategy):
+        return strategy.kernel.num_heads
+    num_tasks = getattr(strategy, "num_tasks", None)
+    if isinstance(num_tasks, int):
+        return num_tasks
+    if isinstance(strategy, _VariationalStrategy) and not hasattr(strategy, "base_variational_strategy"):
+        return 1
+    return None
+
+
+def check_ann_matching_likelihood(likelihood: object, num_outputs: int | None = None) -> None:
+    """Raise unless ``likelihood`` is one ``ANNMatchingELBO`` can use with a GP of ``num_outputs`` outputs.
+
+    Accepted: ``None`` (the latent posterior is the predictive), a Gaussian likelihood
+    (``GaussianLikelihood``, ``FixedNoiseGaussianLikelihood``) for single-output GPs, a
+    ``MultitaskGaussianLikelihood`` whose ``num_tasks`` is the GP's number of outputs.
+    """
+    if likelihood is None:
+        return
+    name = type(likelihood).__name__
+    if isinstance(likelihood, DirichletClassificationLikelihood) or not isinstance(
+        likelihood, _GaussianLikelihoodBase
+    ):
+        raise TypeError(
+            f"likelihood: ANNMatchingELBO matches a network's real-valued outputs with the GP's Gaussian "
+            f"predictive, so it takes a Gaussian likelihood (GaussianLikelihood, MultitaskGaussianLikelihood) or "
+            f"None; got {name}. {CLASSIFIER_RECIPE}"
+        )
+    if num_outputs is None:
+        return
+    multitask = isinstance(likelihood, _MultitaskGaussianLikelihoodBase)
+    if multitask and likelihood.num_tasks != num_outputs:
+        raise ValueError(
+            f"likelihood: {name}(num_tasks={likelihood.num_tasks}) does not match the model, whose variational "
+            f"strategy returns {num_outputs} output(s) per input: use num_tasks={num_outputs}"
+        )
+    if not multitask and num_outputs > 1:
+        raise ValueError(
+            f"likelihood: {name} takes single-output GPs, but the model returns {num_outputs} outputs per input: "
+            f"use MultitaskGaussianLikelihood(num_tasks={num_outputs})"
+        )
 
 
 class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
@@ -38,17 +104,29 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     detached, i.e. a :math:`1/c`-weighted squared error), gradients flow through :math:`s^2`
     by default; ``detach_variance=True`` reproduces the original behaviour.
 
+    With a Gaussian likelihood and the defaults (:math:`\sigma_g^2 = 0`, gradient through :math:`s^2`)
+    this equals :class:`gpytorch.mlls.PredictiveLogLikelihood` applied to the network's outputs, value
+    and gradients (``docs/usage/elbo.md`` compares the three objectives).
+
     Works with any approximate GP whose output is a (multitask) multivariate normal, e.g. an SVGP
     with :class:`~gpytorch.variational.VariationalStrategy`, or :class:`~gpex_gpytorch.GPEXModel`.
+    The likelihood is checked at construction (and against the output at each call): a non-Gaussian
+    likelihood, or a multitask one whose ``num_tasks`` is not the model's output count, raises with
+    the remedy; to explain a classifier, match its logits (:func:`~gpex_gpytorch.mlls.ann_matching_swap`).
 
-    :param likelihood: maps the latent GP to the predictive of the network's output; a
-        ``GaussianLikelihood`` (single output) or ``MultitaskGaussianLikelihood``. ``None`` uses the
-        latent posterior itself (:math:`s^2 = c`).
+    :param likelihood: maps the latent GP to the predictive of the network's output: a
+        ``GaussianLikelihood`` / ``FixedNoiseGaussianLikelihood`` (single-output GP) or a
+        ``MultitaskGaussianLikelihood`` (one task per GP output). ``None`` uses the latent posterior
+        itself (:math:`s^2 = c`).
     :param model: the approximate GP.
     :param num_data: number of training inputs (scales the KL term as in ``VariationalELBO``).
     :param beta: weight of the KL term.
     :param ann_noise: :math:`\sigma_g^2 \ge 0`, the variance of :math:`q_1`.
-    :param detach_variance: stop gradients through :math:`s^2` (the original code's choice).
+    :param detach_variance: stop gradients through :math:`s^2` (the original code's choice). The default
+        (``False``) is the measured choice for stock SVGP regression: with ``True`` the likelihood's noise
+        is never learnt and the latent variance carries no information about the GP's error. On the
+        SV-DKL recipe ``True`` matched the network better (so :func:`~gpex_gpytorch.mlls.ann_matching_swap`
+        defaults to it); the table is in ``docs/usage/elbo.md``.
     :param combine_terms: as in ``VariationalELBO``.
     """
 
@@ -67,8 +145,11 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             raise ValueError(f"num_data: expected an integer >= 1, got {num_data!r}")
         if not (float(ann_noise) >= 0.0 and math.isfinite(float(ann_noise))):
             raise ValueError(f"ann_noise: expected a finite value >= 0, got {ann_noise}")
+        if not isinstance(detach_variance, bool):
+            raise TypeError(f"detach_variance: expected a bool, got {type(detach_variance).__name__}")
         if not (float(beta) >= 0.0 and math.isfinite(float(beta))):  # beta=inf made the ELBO -inf
             raise ValueError(f"beta: expected a finite value >= 0, got {beta}")
+        check_ann_matching_likelihood(likelihood, model_num_outputs(model))
         super().__init__(likelihood, model, num_data, beta=beta, combine_terms=combine_terms)
         self.ann_noise = float(ann_noise)
         self.detach_variance = detach_variance
@@ -76,23 +157,64 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     def forward(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         """
         :param approximate_dist_f: the model's output.
-        :param target: the network's output, of the shape of the output's mean (or broadcastable to it).
+        :param target: the network's output: the shape of the output's mean, ``(N,)`` or ``(N, L)`` (the
+            model's batch dimensions may be broadcast, the ``N`` inputs and ``L`` outputs may not).
         """
         if not isinstance(approximate_dist_f, MultivariateNormal):
             raise TypeError(f"output: expected a gpytorch MultivariateNormal, got {type(approximate_dist_f).__name__}")
         check_tensor("ann_output", target, floating=True)
-        mean_shape = approximate_dist_f.mean.shape
-        if not broadcasts_to(target.shape, mean_shape):
-            raise ValueError(
-                f"ann_output: expected a shape broadcastable to the output's mean {tuple(mean_shape)}, "
-                f"got {tuple(target.shape)}"
-            )
+        self._check_output_and_target(approximate_dist_f, target)
         check_finite("ann_output", target)
         if self.beta == 0:
             # Skip the KL computation entirely (it may be costly for stock strategies).
             log_likelihood = self._log_likelihood_term(approximate_dist_f, target, **kwargs)
             return log_likelihood.div(approximate_dist_f.event_shape[0])
         return super().forward(approximate_dist_f, target, **kwargs)
+
+    def _check_output_and_target(self, output: MultivariateNormal, target: Tensor) -> None:
+        multitask = isinstance(output, MultitaskMultivariateNormal)
+        mean_shape = output.mean.shape
+        num_outputs = mean_shape[-1] if multitask else 1
+        if self.likelihood is not None:
+            if isinstance(self.likelihood, _MultitaskGaussianLikelihoodBase) and not multitask:
+                raise ValueError(
+                    f"likelihood: {type(self.likelihood).__name__} needs a multitask output "
+                    f"(MultitaskMultivariateNormal), but the model returned a single-output MultivariateNormal: "
+                    f"use GaussianLikelihood, or give the model one GP per network output"
+                )
+            check_ann_matching_likelihood(self.likelihood, num_outputs if multitask else None)
+            if multitask and not isinstance(self.likelihood, _MultitaskGaussianLikelihoodBase):
+                raise ValueError(
+                    f"likelihood: {type(self.likelihood).__name__} takes single-output GPs, but the model returned "
+                    f"a MultitaskMultivariateNormal with {num_outputs} output(s) per input: use "
+                    f"MultitaskGaussianLikelihood(num_tasks={num_outputs})"
+                )
+        # The event dimensions (data, and outputs for a multitask GP) must match exactly; only the
+        # model's batch dimensions may broadcast (a network output per GP output, never recycled).
+        event_dims = 2 if multitask else 1
+        if target.dim() < event_dims:
+            raise ValueError(
+                f"ann_output: expected the network's outputs of shape {tuple(mean_shape[-event_dims:])} "
+                f"(the output's mean is {tuple(mean_shape)}), got {tuple(target.shape)}"
+            )
+        if multitask and target.shape[-1] != num_outputs:
+            raise ValueError(
+                f"ann_output: the network has {target.shape[-1]} outputs per input but the GP has {num_outputs}: "
+                f"one GP per network output is needed (e.g. num_tasks={target.shape[-1]}); got ann_output of shape "
+                f"{tuple(target.shape)} for an output mean of shape {tuple(mean_shape)}"
+            )
+        if target.shape[-event_dims:] != mean_shape[-event_dims:] or not broadcasts_to(target.shape, mean_shape):
+            hint = ""
+            if not multitask and target.dim() >= 2 and target.shape[-2] == mean_shape[-1] and target.shape[-1] > 1:
+                hint = (
+                    f" (a network with {target.shape[-1]} outputs needs a multitask GP with one GP per output "
+                    "and MultitaskGaussianLikelihood)"
+                )
+            raise ValueError(
+                f"ann_output: expected a shape whose last {event_dims} dimension(s) are the output mean's "
+                f"{tuple(mean_shape[-event_dims:])} (and whose others broadcast to {tuple(mean_shape[:-event_dims])}), "
+                f"got {tuple(target.shape)}{hint}"
+            )
 
     def _log_likelihood_term(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         predictive = approximate_dist_f if self.likelihood is None else self.likelihood(approximate_dist_f, **kwargs)

@@ -111,8 +111,13 @@ class GPEXVariationalStrategy(Module):
         return self._variational_distribution()
 
     @property
-    def variational_params_initialized(self) -> bool:
-        return self.kernel.has_inducing_values
+    def variational_params_initialized(self) -> Tensor:
+        """A 0-dim tensor buffer, true once the inducing values are set (as in GPyTorch's strategies).
+
+        It is the kernel's ``values_set`` buffer itself (one copy in ``state_dict``, so it cannot
+        disagree with the kernel): ``.item()`` reads it, as GPyTorch's strategies do.
+        """
+        return self.kernel.values_set
 
     @property
     def prior_distribution(self) -> MultivariateNormal:
