@@ -5,7 +5,7 @@ demo's CNN (same seed, data and training) with a *spatial* kernel network instea
 appended as two input channels, two 3×3 convolutions at full 8×8 resolution, a per-position linear
 head, then the mean over the 64 positions (a :class:`PooledSpatialKernelNetwork`), so the maps are
 per pixel. After fitting, the cache is refreshed in full, so every similarity shown is the kernel
-value of the current network (checked: the maps sum to the neighbours' similarities).
+value of the current network (checked: the maps sum to the neighbours' kernel values).
 
 For the first ``--num-test`` test digits and their ``--k`` nearest training digits (the predicted
 class's head, ``nearest_neighbours``' default metric), the top-q pixels are set to 0 (the digits'
@@ -234,8 +234,8 @@ def main() -> None:
     maps = neighbour_similarity_maps(model, x, train_images, neighbours)
     blank = torch.zeros_like(x[0])
     blank_maps = neighbour_similarity_maps(model, x, train_images, neighbours, baseline=blank)
-    gap = float((maps.input_maps.sum((-2, -1)) - neighbours.similarities.double()).abs().max())
-    scale = float(neighbours.similarities.abs().max())
+    gap = float((maps.input_maps.sum((-2, -1)) - neighbours.kernel_values.double()).abs().max())
+    scale = float(neighbours.kernel_values.abs().max())
     n, k = neighbours.indices.shape
     inputs = x.repeat_interleave(k, 0)
     refs = train_images[neighbours.indices.flatten()]
@@ -297,7 +297,7 @@ def main() -> None:
             args.out / filename,
             x[rows],
             train_images[neighbours.indices[rows]],
-            similarities=neighbours.similarities[rows],
+            similarities=neighbours.kernel_values[rows],
             test_labels=test.tensors[1][: args.num_test][rows],
             neighbour_labels=train.tensors[1][neighbours.indices[rows]],
             heads=neighbours.heads[rows],
