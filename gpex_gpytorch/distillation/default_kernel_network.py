@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from ..utils.batch_shape import check_batched
 
 __all__ = ["DefaultKernelNetwork", "default_kernel_network"]
 
@@ -36,6 +38,10 @@ class DefaultKernelNetwork(nn.Sequential):
         self.num_heads = num_heads
         self.embedding_dim = embedding_dim
         self.width = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_batched("x", x, self.input_shape)  # one unbatched example: say so, not a matmul shape error
+        return super().forward(x)
 
     def spec(self) -> dict[str, Any]:
         """The constructor arguments, as plain JSON-ready values."""

@@ -2,6 +2,7 @@
 
 from .cache_freshness import StaleCacheWarning, check_cache_fresh
 from .contributions import Contributions, posterior_contributions
+from .explanation import Explanation, explain
 from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
 from .kernel_similarity import DEFAULT_METRIC, SIMILARITY_METRICS
 from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
@@ -23,6 +24,7 @@ __all__ = [
     "SIMILARITY_METRICS",
     "CapturedActivations",
     "Contributions",
+    "Explanation",
     "Hubness",
     "HubnessWarning",
     "StaleCacheWarning",
@@ -38,6 +40,7 @@ __all__ = [
     "capture_submodule",
     "check_cache_fresh",
     "compare_pipeline",
+    "explain",
     "gp_replacement",
     "hubness",
     "label_review",
