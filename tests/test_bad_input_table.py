@@ -891,6 +891,21 @@ ROWS: list[Row] = [
         ValueError, r"rtol: expected a float in \(0, 1\], got 2.0"),
     Row(ut.suggest_names, "not a string", lambda fx: ut.suggest_names(3, ["a"]),
         TypeError, r"name: expected a string, got int"),
+    # ------------------------------------------------------------------ save / load / explain
+    Row(dl.save_explainer, "labels of the wrong length",
+        lambda fx: dl.save_explainer(fx.tmp / "e.pt", fx.model, inducing_labels=torch.zeros(2)),
+        ValueError, rf"inducing_labels: expected a tensor with num_inducing={M} rows, got \(2,\)"),
+    Row(dl.load_explainer, "no file", lambda fx: dl.load_explainer(fx.tmp / "none.pt"),
+        FileNotFoundError, r"path: no saved explainer at .*none.pt"),
+    Row(dl.SavedExplainer, "head names of the wrong length",
+        lambda fx: dl.SavedExplainer(fx.model, head_names=["a"]).save(fx.tmp / "e.pt"),
+        ValueError, rf"head_names: expected {H} names, got 1"),
+    Row(dl.DefaultKernelNetwork, "2-d input shape", lambda fx: dl.DefaultKernelNetwork((3, 4), H, D),
+        ValueError, r"input_shape: expected \(features,\) or \(channels, height, width\), got \(3, 4\)"),
+    Row(ex.explain, "one unbatched example", lambda fx: ex.explain(fx.model, fx.x[0], inducing_inputs=fx.x),
+        ValueError, rf"inputs: expected a batch of shape \(N, {F}\), got a single example .*add a batch dimension"),
+    Row(ex.Explanation, "unknown table", lambda fx: ex.explain(fx.model, fx.x[:2], k=2).to_records("rows"),
+        ValueError, r"table: expected one of \('queries', 'neighbours', 'contributions'\), got 'rows'"),
 ]
 # fmt: on
 
