@@ -14,13 +14,13 @@ import torch.distributed as dist
 from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
 from ..utils import NonFiniteError, check_tensor, nonfinite_rows
 from ..utils.network_output import OutputSelector, check_output_selector, select_output
+from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
 from .checkpointing import load_checkpoint, save_checkpoint
 from .dataset_access import dataset_length, iterate_inputs, take_inputs
 from .default_kernel_network import default_kernel_network
@@ -122,7 +122,8 @@ class Distiller:
     :param device: where the GPs live (default: the device of ``ann``'s parameters).
     :param seed: seeds every random draw of the run (and the default kernel network's weights).
     :param fill_batch_size: batch size of the initial sweep over the inducing set.
-    :param progress: show tqdm progress bars.
+    :param progress: show tqdm progress bars: ``"auto"`` (default) only when stderr is a terminal, so
+        that logs and pipes stay free of redraw frames; ``True`` always; ``False`` never.
     :param output: which part of ``ann``'s output to explain when it is not one tensor: an attribute
         or key name (``"logits"`` for a HuggingFace classifier), a tuple index, or a callable
         (see :mod:`gpex_gpytorch.utils.network_output`).
@@ -163,7 +164,7 @@ class Distiller:
         device: torch.device | str | None = None,
         seed: int = 0,
         fill_batch_size: int = 1024,
-        progress: bool = True,
+        progress: ProgressSetting = "auto",
         final_refresh: bool = True,
         output: OutputSelector = None,
     ) -> None:
@@ -221,6 +222,7 @@ class Distiller:
         self.progress = progress
         self.final_refresh = final_refresh
         check_output_selector("output", output)
+        resolve_progress(progress)  # validates
         self.output = output
 
     # ------------------------------------------------------------------ public
@@ -305,7 +307,7 @@ class Distiller:
         rows = torch.randperm(kernel.embeddings.shape[1], generator=generator)[:4096].to(kernel.embeddings.device)
         before = kernel.embeddings[:, rows].to(torch.float64)
         start = time.perf_counter()
-        kernel.fill(batches, progress=self.progress)
+        kernel.fill(batches, progress=resolve_progress(self.progress))
         seconds = time.perf_counter() - start
         after = kernel.embeddings[:, rows].to(torch.float64)
         norm = torch.linalg.vector_norm(after).clamp_min(1e-300)
@@ -351,11 +353,11 @@ class Distiller:
 
     def _inducing_values(self, dataset: Dataset, device: torch.device) -> Tensor:
         chunks = []
-        for start_batch in tqdm(
+        for start_batch in progress_bar(
             iterate_inputs(dataset, self.fill_batch_size),
             total=-(-dataset_length(dataset, "inducing_dataset") // self.fill_batch_size),
             desc="ANN on the inducing set",
-            disable=not self.progress,
+            progress=self.progress,
         ):
             chunks.append(self._ann_outputs(start_batch.to(device)).float())
         values = torch.cat(chunks)
@@ -385,7 +387,7 @@ class Distiller:
             values = self._inducing_values(inducing_dataset, device)
             kernel.fill(
                 (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
-                progress=self.progress,
+                progress=resolve_progress(self.progress),
             )
         else:
             self._check_checkpoint(checkpoint, num_inducing, num_heads)
@@ -480,7 +482,7 @@ class Distiller:
         eval_ann = self._ann_outputs(eval_x)
         refresh_size = self.refresh_batch_size or self.inducing_batch_size
         model.train()
-        bar = tqdm(total=self.steps, initial=run.step, desc="distilling", disable=not self.progress)
+        bar = progress_bar(total=self.steps, initial=run.step, desc="distilling", progress=self.progress)
         start_time = time.perf_counter()
         while run.step < self.steps:
             step = run.step + 1
@@ -524,7 +526,10 @@ class Distiller:
                 record.update(self._evaluate(run, eval_x, eval_ann, inducing_dataset, device))
                 record["seconds"] = time.perf_counter() - start_time
                 bar.set_postfix(
-                    loss=f"{record['loss']:.3g}", pearson=f"{record['pearson']:.4f}", stale=f"{record['staleness']:.3g}"
+                    loss=f"{record['loss']:.3g}",
+                    pearson=f"{record['pearson']:.4f}",
+                    stale=f"{record['staleness']:.3g}",
+                    refresh=False,
                 )
             run.history.append(record)
             bar.update(1)
