@@ -19,6 +19,7 @@ from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
+from .common import add_common_options, apply_common_options
 
 # Settings that reach Pearson >= 0.999 and full GP-CNN agreement on held-out digits in about two
 # minutes on 2 cores
@@ -38,8 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the CNN and the distillation")
     parser.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="distillation steps")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of CNN training (batch 32)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_options(parser, device=False)  # --quiet, --threads (1 on <= 4 cores)
 
 
 def _digits(seed: int) -> tuple[TensorDataset, TensorDataset]:
@@ -85,11 +85,9 @@ def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.quiet
+    progress = apply_common_options(args)
     start = time.perf_counter()
     train, test = _digits(args.seed)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     ann = fit_classifier(_cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
     ann.eval()
     torch.save(ann.state_dict(), out / "ann.pt")
