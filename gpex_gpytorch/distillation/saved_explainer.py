@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def _names(name: str, values: Sequence[str] | None, expected: int | None) -> lis
         return None
     if isinstance(values, str) or not all(isinstance(v, str) for v in values):
         raise TypeError(f"{name}: expected a sequence of strings, got {values!r:.80}")
-    values = list(values)
+    values = [str(v) for v in values]  # numpy.str_ (e.g. sklearn's names) would need unpickling
     if expected is not None and len(values) != expected:
         raise ValueError(f"{name}: expected {expected} names, got {len(values)}")
     return values
@@ -173,9 +174,12 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # torch's message advises weights_only=False, which would run arbitrary code: keep only the reason.
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Please use|\n\n|$)", str(error), flags=re.S)
+        text = found.group(1) if found else (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = " ".join(text.split())[:200]
         raise ValueError(
-            f"path: {path} is truncated or corrupted, or not a saved explainer ({first[:200]}); "
+            f"path: {path} is truncated or corrupted, or not a saved explainer ({reason}); "
             "nothing beyond tensors and plain containers was unpickled"
         ) from error
     if not isinstance(state, dict) or state.get("format") != EXPLAINER_FORMAT:
