@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpex_gpytorch.distillation import Distiller, faithfulness
+from gpex_gpytorch.distillation.sequence_layers import TokenEmbedding
 from gpex_gpytorch.explain import SubmoduleExplainer, capture_submodule
 from gpex_gpytorch.utils.network_output import SelectOutput
 
@@ -57,13 +58,14 @@ def test_logits_of_a_classifier_output(vit) -> None:
 
 def test_an_attention_module_tuple_output_and_a_block_called_with_a_mask(vit) -> None:
     loader, held_out = DataLoader(_images(256, 0), batch_size=64), DataLoader(_images(128, 1), batch_size=64)
-    # The attention module returns (output, probabilities) and is called with (hidden_states, None).
-    attention = SubmoduleExplainer(
-        vit, "vit.layers.0.attention", output=0, kernel_network=_token_net(TOKENS * WIDTH), steps=150, **SETTINGS
-    ).fit(loader)
+    # The attention module returns (output, probabilities) and is called with (hidden_states, None);
+    # its (tokens, features) inputs get the default token-sequence kernel network.
+    attention = SubmoduleExplainer(vit, "vit.layers.0.attention", output=0, steps=150, **SETTINGS).fit(loader)
     assert attention.capture_.call.args[1] is None
+    assert isinstance(attention.model_.covar_module.feature_extractor[0], TokenEmbedding)
     report = attention.score(held_out)
-    assert report.pearson_mean > 0.95 and report.pearson_min > 0.9, report.pearson_per_head
+    # measured: 0.9847 mean, 0.9683 min at 150 steps (0.9939 / 0.9885 at 300)
+    assert report.pearson_mean > 0.97 and report.pearson_min > 0.95, report.pearson_per_head
     # The whole block, called with (hidden_states, attention_mask=None), returns a tensor.
     block = SubmoduleExplainer(vit, "vit.layers.0", kernel_network=_token_net(TOKENS * WIDTH), steps=150, **SETTINGS)
     report = block.fit(loader).score(held_out)

@@ -9,18 +9,25 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.batch_shape import check_batched
+from .sequence_layers import AttentionPool1d, TokenEmbedding
 
 __all__ = ["DefaultKernelNetwork", "default_kernel_network"]
 
 
 class DefaultKernelNetwork(nn.Sequential):
-    """An MLP for vector inputs, a small strided CNN for ``(C, H, W)`` images.
+    """An MLP for vector inputs, a conv1d encoder for token sequences ``(T, F)``, a small strided CNN
+    for ``(C, H, W)`` images.
+
+    The sequence encoder embeds each token (a linear map plus a learned position embedding), runs
+    two 3-wide convolutions over the tokens, and pools them with a learned attention weighting next
+    to the mean (:class:`~gpex_gpytorch.distillation.sequence_layers.AttentionPool1d`).
 
     The output is ``(N, num_heads * embedding_dim)``, read head-major by :class:`CachedDeepKernel`.
     The architecture is a function of its constructor arguments only, so :meth:`spec` is enough to
     rebuild it (a saved explainer reloads without the user's code).
 
-    :param input_shape: the per-example input shape, ``(features,)`` or ``(channels, height, width)``.
+    :param input_shape: the per-example input shape: ``(features,)``, ``(tokens, features)`` or
+        ``(channels, height, width)``.
     :param num_heads: ``H``.
     :param embedding_dim: ``D`` per head.
     :param width: hidden width of the final MLP.
@@ -67,7 +74,21 @@ def _layers(shape: tuple[int, ...], out: int, width: int) -> list[nn.Module]:
         with torch.no_grad():
             flat = nn.Sequential(*layers)(torch.zeros(1, *shape)).shape[1]
         return [*layers, nn.Linear(flat, width), nn.ReLU(), nn.Linear(width, out)]
-    raise ValueError(f"input_shape: expected (features,) or (channels, height, width), got {shape}")
+    if len(shape) == 2:
+        tokens, features = shape
+        channels = 64
+        return [
+            TokenEmbedding(tokens, features, channels),
+            nn.Conv1d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            AttentionPool1d(channels),
+            nn.Linear(2 * channels, width),
+            nn.ReLU(),
+            nn.Linear(width, out),
+        ]
+    raise ValueError(f"input_shape: expected (features,), (tokens, features) or (channels, height, width), got {shape}")
 
 
 def default_kernel_network(
