@@ -13,7 +13,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..datasets import load_digits
-from ..distillation import Distiller, faithfulness, load_checkpoint, plot_faithfulness, predict_gp_and_ann
+from ..distillation import (
+    Distiller,
+    faithfulness,
+    load_checkpoint,
+    plot_faithfulness,
+    predict_gp_and_ann,
+    save_explainer,
+)
 from ..explain import nearest_neighbours
 from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
@@ -34,11 +41,17 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
+CHECKPOINT_EVERY = 500
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the CNN and the distillation")
     parser.add_argument("--steps", type=int, default=DEMO_SETTINGS["steps"], help="distillation steps")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of CNN training (batch 32)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in --out (reuses ann.pt and checkpoint.pt)"
+    )
     add_common_options(parser, device=False)  # --quiet, --threads (1 on <= 4 cores)
 
 
@@ -55,7 +68,9 @@ def _cnn(seed: int) -> nn.Module:
 
 def _distiller(ann: nn.Module, seed: int, steps: int, progress: bool, out: Path | None = None) -> Distiller:
     settings = {**DEMO_SETTINGS, "steps": steps}
-    checkpointing = {} if out is None else {"checkpoint_every": steps, "checkpoint_path": out / "checkpoint.pt"}
+    # Periodic checkpoints: an interrupted demo continues with --resume instead of starting over.
+    every = min(steps, CHECKPOINT_EVERY)
+    checkpointing = {} if out is None else {"checkpoint_every": every, "checkpoint_path": out / "checkpoint.pt"}
     return Distiller(ann, seed=seed, progress=progress, **settings, **checkpointing)
 
 
@@ -88,13 +103,31 @@ def run(args: argparse.Namespace) -> int:
     progress = apply_common_options(args)
     start = time.perf_counter()
     train, test = _digits(args.seed)
-    ann = fit_classifier(_cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
+    checkpoint = out / "checkpoint.pt"
+    resuming = args.resume and (out / "ann.pt").is_file()
+    if resuming:  # the CNN of the interrupted run, not a new one
+        ann = _cnn(args.seed)
+        ann.load_state_dict(load_checkpoint_weights(out / "ann.pt"))
+    else:
+        ann = fit_classifier(
+            _cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress
+        )
+        torch.save(ann.state_dict(), out / "ann.pt")
     ann.eval()
-    torch.save(ann.state_dict(), out / "ann.pt")
     cnn_seconds = time.perf_counter() - start
 
-    distiller = _distiller(ann, args.seed, args.steps, progress, out).fit(train)
+    resume = checkpoint if resuming and checkpoint.is_file() else None
+    distiller = _distiller(ann, args.seed, args.steps, progress, out).fit(train, resume=resume)
     model = distiller.model_
+    # The explainer alone, for `gpex explain --explainer` and load_explainer (no data, no retraining).
+    save_explainer(
+        out / "explainer.pt",
+        model,
+        inducing_inputs=train.tensors[0],
+        inducing_labels=train.tensors[1],
+        head_names=[f"digit {d}" for d in range(model.num_heads)],
+        metadata={"seed": args.seed, "steps": args.steps},
+    )
     report = faithfulness(model, ann, test)
     mean, _, ann_out, labels = predict_gp_and_ann(model, ann, test)
     plot_faithfulness(mean, ann_out, out / "faithfulness.png")

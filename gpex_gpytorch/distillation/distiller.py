@@ -117,7 +117,7 @@ class Distiller:
         rely on float64 accumulation; each recompute is :math:`O(M)`).
     :param eval_every: steps between Pearson / staleness reports.
     :param eval_size: their batch size.
-    :param checkpoint_every: steps between checkpoints to ``checkpoint_path``.
+    :param checkpoint_every: steps between checkpoints to ``checkpoint_path`` (the final step is saved too).
     :param embedding_dtype: storage dtype of the inducing cache (e.g. ``torch.bfloat16``).
     :param device: where the GPs live (default: the device of ``ann``'s parameters).
     :param seed: seeds every random draw of the run (and the default kernel network's weights).
@@ -533,7 +533,8 @@ class Distiller:
                 )
             run.history.append(record)
             bar.update(1)
-            if self.checkpoint_every is not None and step % self.checkpoint_every == 0:
+            # The last step is always saved, whether or not checkpoint_every divides steps.
+            if self.checkpoint_every is not None and (step % self.checkpoint_every == 0 or step == self.steps):
                 self._save(run, kernel.num_inducing, kernel.num_heads)
         bar.close()
 
