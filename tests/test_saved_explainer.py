@@ -52,6 +52,8 @@ def test_default_network_reloads_without_code_and_predicts_bit_identically(fitte
     mean2, variance2 = loaded.predict(x_test)
     assert torch.equal(mean, mean2) and torch.equal(variance, variance2)
     assert not loaded.model.training
+    with pytest.raises(ValueError, match=r"inputs: expected a batch of shape \(N, 6\), got a single example"):
+        loaded.predict(x_test[0])
     # The cache itself and the neighbours it gives are identical, not only the posterior.
     assert torch.equal(model.covar_module.embeddings, loaded.model.covar_module.embeddings)
     assert torch.equal(model.covar_module.gram, loaded.model.covar_module.gram)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..kernels import CachedDeepKernel
 from ..models.gpex_model import GPEXModel
+from ..utils.batch_shape import check_batched
 from .checkpointing import save_checkpoint
 from .default_kernel_network import DefaultKernelNetwork
 
@@ -40,7 +41,7 @@ EXPLAINER_VERSION = 1
 _DTYPES = {str(dtype): dtype for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare tensors elementwise
 class SavedExplainer:
     """A fitted GPEX model with what explanations show about its inducing set.
 
@@ -60,7 +61,13 @@ class SavedExplainer:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """The model's posterior mean and variance, each ``(N, H)``."""
+        """The model's posterior mean and variance, each ``(N, H)``.
+
+        :raises ValueError: for inputs not shaped like a batch of the inducing inputs (one example
+            without a batch dimension is told to add one).
+        """
+        if self.inducing_inputs is not None and isinstance(inputs, Tensor):
+            check_batched("inputs", inputs, self.inducing_inputs.shape[1:])
         return self.model.predict(inputs)
 
     def save(self, path: str | Path) -> Path:

@@ -30,7 +30,7 @@ __all__ = ["Explanation", "explain"]
 _TABLES = ("queries", "neighbours", "contributions")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare tensors elementwise
 class Explanation:
     """What the GPs say about ``N`` inputs (all tensors on the CPU).
 
