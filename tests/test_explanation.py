@@ -120,3 +120,12 @@ def test_to_frame_without_pandas_says_what_to_use(monkeypatch) -> None:
     with pytest.raises(ImportError, match=r"needs pandas.*to_records\(\)"):
         result.to_frame()
     assert len(result.to_records()) == 4
+
+
+def test_plot_faithfulness_takes_head_names(tmp_path: Path) -> None:
+    from gpex_gpytorch.distillation import plot_faithfulness
+
+    mean, out = torch.randn(20, 3), torch.randn(20, 3)
+    assert plot_faithfulness(mean, out, tmp_path / "f.png", head_names=["a", "b", "c"]).stat().st_size > 0
+    with pytest.raises(ValueError, match=r"head_names: expected 3 names \(one per head\), got 2"):
+        plot_faithfulness(mean, out, tmp_path / "g.png", head_names=["a", "b"])
