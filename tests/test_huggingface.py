@@ -64,8 +64,8 @@ def test_an_attention_module_tuple_output_and_a_block_called_with_a_mask(vit) ->
     assert attention.capture_.call.args[1] is None
     assert isinstance(attention.model_.covar_module.feature_extractor[0], TokenEmbedding)
     report = attention.score(held_out)
-    # measured: 0.9847 mean, 0.9683 min at 150 steps (0.9939 / 0.9885 at 300)
-    assert report.pearson_mean > 0.97 and report.pearson_min > 0.95, report.pearson_per_head
+    # measured: 0.9876 mean, 0.978 min at 150 steps (0.995 / 0.9916 at 300)
+    assert report.pearson_mean > 0.975 and report.pearson_min > 0.96, report.pearson_per_head
     # The whole block, called with (hidden_states, attention_mask=None), returns a tensor.
     block = SubmoduleExplainer(vit, "vit.layers.0", kernel_network=_token_net(TOKENS * WIDTH), steps=150, **SETTINGS)
     report = block.fit(loader).score(held_out)

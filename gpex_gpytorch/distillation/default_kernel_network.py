@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.batch_shape import check_batched
-from .sequence_layers import AttentionPool1d, TokenEmbedding
+from .sequence_layers import FlattenAndPool, TokenEmbedding
 
 __all__ = ["DefaultKernelNetwork", "default_kernel_network"]
 
@@ -19,8 +19,9 @@ class DefaultKernelNetwork(nn.Sequential):
     for ``(C, H, W)`` images.
 
     The sequence encoder embeds each token (a linear map plus a learned position embedding), runs
-    two 3-wide convolutions over the tokens, and pools them with a learned attention weighting next
-    to the mean (:class:`~gpex_gpytorch.distillation.sequence_layers.AttentionPool1d`).
+    two 3-wide convolutions over the tokens, and reads every position's features next to an
+    attention-weighted pooling and the mean
+    (:class:`~gpex_gpytorch.distillation.sequence_layers.FlattenAndPool`).
 
     The output is ``(N, num_heads * embedding_dim)``, read head-major by :class:`CachedDeepKernel`.
     The architecture is a function of its constructor arguments only, so :meth:`spec` is enough to
@@ -83,8 +84,8 @@ def _layers(shape: tuple[int, ...], out: int, width: int) -> list[nn.Module]:
             nn.ReLU(),
             nn.Conv1d(channels, channels, 3, padding=1),
             nn.ReLU(),
-            AttentionPool1d(channels),
-            nn.Linear(2 * channels, width),
+            FlattenAndPool(channels),
+            nn.Linear(channels * tokens + 2 * channels, width),
             nn.ReLU(),
             nn.Linear(width, out),
         ]
