@@ -4,7 +4,15 @@ The package is layered: ``operators`` → ``kernels`` → ``variational`` → ``
 ``distillation`` → ``explain``.
 """
 
-from .distillation import Distiller, FaithfulnessReport, distill, faithfulness
+from .distillation import (
+    Distiller,
+    FaithfulnessReport,
+    SavedExplainer,
+    distill,
+    faithfulness,
+    load_explainer,
+    save_explainer,
+)
 from .kernels import CachedDeepKernel
 from .mlls import ANNMatchingELBO, ANNMatchingLoss, ann_matching_loss
 from .models.gpex_model import GPEXModel
@@ -24,8 +32,11 @@ __all__ = [
     "GPEXVariationalStrategy",
     "LowRankPlusDiagonal",
     "LowRankPlusDiagonalLinearOperator",
+    "SavedExplainer",
     "__version__",
     "ann_matching_loss",
     "distill",
     "faithfulness",
+    "load_explainer",
+    "save_explainer",
 ]

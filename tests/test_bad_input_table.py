@@ -578,8 +578,9 @@ ROWS: list[Row] = [
         ValueError, r"b: expected shape \(5, 2\), got \(4, 2\)"),
     Row(dl.mix_inputs, "shape mismatch", lambda fx: dl.mix_inputs(fx.x, fx.x[:2], fx.gen),
         ValueError, rf"x2: expected the shape of x1 \({M}, {F}\), got \(2, {F}\)"),
-    Row(dl.default_kernel_network, "2-d input shape", lambda fx: dl.default_kernel_network((4, 4), H, D),
-        ValueError, r"input_shape: expected \(features,\) or \(channels, height, width\), got \(4, 4\)"),
+    Row(dl.default_kernel_network, "4-d input shape", lambda fx: dl.default_kernel_network((1, 2, 4, 4), H, D),
+        ValueError, r"input_shape: expected \(features,\), \(tokens, features\) or \(channels, height, width\), "
+        r"got \(1, 2, 4, 4\)"),
     Row(dl.default_kernel_network, "num_heads=0", lambda fx: dl.default_kernel_network((F,), 0, D),
         ValueError, r"num_heads: expected an integer >= 1, got 0"),
     Row(dl.save_checkpoint, "state not a dict", lambda fx: dl.save_checkpoint(fx.tmp / "c.pt", [1, 2]),
@@ -1119,6 +1120,21 @@ ROWS: list[Row] = [
         ValueError, r"rtol: expected a float in \(0, 1\], got 2.0"),
     Row(ut.suggest_names, "not a string", lambda fx: ut.suggest_names(3, ["a"]),
         TypeError, r"name: expected a string, got int"),
+    # ------------------------------------------------------------------ save / load / explain
+    Row(dl.save_explainer, "labels of the wrong length",
+        lambda fx: dl.save_explainer(fx.tmp / "e.pt", fx.model, inducing_labels=torch.zeros(2)),
+        ValueError, rf"inducing_labels: expected a tensor with num_inducing={M} rows, got \(2,\)"),
+    Row(dl.load_explainer, "no file", lambda fx: dl.load_explainer(fx.tmp / "none.pt"),
+        FileNotFoundError, r"path: no saved explainer at .*none.pt"),
+    Row(dl.SavedExplainer, "head names of the wrong length",
+        lambda fx: dl.SavedExplainer(fx.model, head_names=["a"]).save(fx.tmp / "e.pt"),
+        ValueError, rf"head_names: expected {H} names, got 1"),
+    Row(dl.DefaultKernelNetwork, "4-d input shape", lambda fx: dl.DefaultKernelNetwork((1, 2, 3, 4), H, D),
+        ValueError, r"input_shape: expected \(features,\), \(tokens, features\) or \(channels, height, width\)"),
+    Row(ex.explain, "one unbatched example", lambda fx: ex.explain(fx.model, fx.x[0], inducing_inputs=fx.x),
+        ValueError, rf"inputs: expected a batch of shape \(N, {F}\), got a single example .*add a batch dimension"),
+    Row(ex.Explanation, "unknown table", lambda fx: ex.explain(fx.model, fx.x[:2], k=2).to_records("rows"),
+        ValueError, r"table: expected one of \('queries', 'neighbours', 'contributions'\), got 'rows'"),
 ]
 # fmt: on
 

@@ -15,7 +15,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..datasets import load_digits
-from ..distillation import Distiller, faithfulness, load_checkpoint, plot_faithfulness, predict_gp_and_ann
+from ..distillation import (
+    Distiller,
+    faithfulness,
+    load_checkpoint,
+    plot_faithfulness,
+    predict_gp_and_ann,
+    save_explainer,
+)
 from ..distillation.checkpointing import _load_failure_reason
 from ..explain import nearest_neighbours
 from ..explain.figures import save_neighbour_grid
@@ -23,6 +30,7 @@ from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
 from .arguments import integer_at_least
+from .common import add_common_options, apply_common_options
 
 # Settings that reach Pearson >= 0.999 and full GP-CNN agreement on held-out digits in about two
 # minutes on 2 cores
@@ -37,6 +45,9 @@ DEMO_SETTINGS: dict[str, Any] = {
 }
 
 
+CHECKPOINT_EVERY = 500
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument(
@@ -45,9 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer_at_least(1), default=DEMO_SETTINGS["steps"], help="distillation steps")
     parser.add_argument("--epochs", type=integer_at_least(1), default=10, help="epochs of CNN training (batch 32)")
     parser.add_argument(
-        "--threads", type=integer_at_least(1), default=None, help="torch CPU threads (default: torch's choice)"
+        "--resume", action="store_true", help="continue an interrupted run in --out (reuses ann.pt and checkpoint.pt)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_options(parser, device=False)  # --quiet, --threads (1 on <= 4 cores)
 
 
 def _digits(seed: int) -> tuple[TensorDataset, TensorDataset]:
@@ -63,7 +74,9 @@ def _cnn(seed: int) -> nn.Module:
 
 def _distiller(ann: nn.Module, seed: int, steps: int, progress: bool, out: Path | None = None) -> Distiller:
     settings = {**DEMO_SETTINGS, "steps": steps}
-    checkpointing = {} if out is None else {"checkpoint_every": steps, "checkpoint_path": out / "checkpoint.pt"}
+    # Periodic checkpoints: an interrupted demo continues with --resume instead of starting over.
+    every = min(steps, CHECKPOINT_EVERY)
+    checkpointing = {} if out is None else {"checkpoint_every": every, "checkpoint_path": out / "checkpoint.pt"}
     return Distiller(ann, seed=seed, progress=progress, **settings, **checkpointing)
 
 
@@ -103,18 +116,34 @@ def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.quiet
+    progress = apply_common_options(args)
     start = time.perf_counter()
     train, test = _digits(args.seed)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    ann = fit_classifier(_cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress)
+    checkpoint = out / "checkpoint.pt"
+    resuming = args.resume and (out / "ann.pt").is_file()
+    if resuming:  # the CNN of the interrupted run, not a new one
+        ann = _cnn(args.seed)
+        ann.load_state_dict(load_checkpoint_weights(out / "ann.pt"))
+    else:
+        ann = fit_classifier(
+            _cnn(args.seed), train, epochs=args.epochs, batch_size=32, seed=args.seed, progress=progress
+        )
+        torch.save(ann.state_dict(), out / "ann.pt")
     ann.eval()
-    torch.save(ann.state_dict(), out / "ann.pt")
     cnn_seconds = time.perf_counter() - start
 
-    distiller = _distiller(ann, args.seed, args.steps, progress, out).fit(train)
+    resume = checkpoint if resuming and checkpoint.is_file() else None
+    distiller = _distiller(ann, args.seed, args.steps, progress, out).fit(train, resume=resume)
     model = distiller.model_
+    # The explainer alone, for `gpex explain --explainer` and load_explainer (no data, no retraining).
+    save_explainer(
+        out / "explainer.pt",
+        model,
+        inducing_inputs=train.tensors[0],
+        inducing_labels=train.tensors[1],
+        head_names=[f"digit {d}" for d in range(model.num_heads)],
+        metadata={"seed": args.seed, "steps": args.steps},
+    )
     report = faithfulness(model, ann, test)
     mean, _, ann_out, labels = predict_gp_and_ann(model, ann, test)
     plot_faithfulness(mean, ann_out, out / "faithfulness.png")

@@ -1,5 +1,8 @@
 """``gpex explain``: explain the decisions of the network trained by ``gpex demo`` with its GPs.
 
+With ``--explainer FILE`` instead of ``--checkpoint``, any saved explainer is used (see
+:mod:`gpex_gpytorch.commands.explain_saved`).
+
 Reads the folder written by ``gpex demo --out DIR`` and writes into ``--out``:
 
 * ``report.html`` — self-contained (images inline): per-head faithfulness on the test split,
@@ -25,6 +28,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .arguments import integer_at_least
+from .explain_saved import configure_saved, run_saved
 
 __all__ = ["configure", "run"]
 
@@ -33,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``gpex explain`` options to ``parser``."""
     from ..explain.kernel_similarity import DEFAULT_METRIC, SIMILARITY_METRICS
 
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the folder written by `gpex demo --out`")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="the folder written by `gpex demo --out`")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--num-test", type=integer_at_least(1), default=8, help="test digits per grid (default 8)")
     parser.add_argument("--k", type=integer_at_least(1), default=10, help="neighbours per test digit (default 10)")
@@ -43,6 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_METRIC,
         help=f"how neighbours are ranked in kernel space (default {DEFAULT_METRIC}; see docs/explanations.md)",
     )
+    configure_saved(parser)  # --explainer FILE: any saved explainer
 
 
 def _neighbour_records(
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     from ..explain import misclassification_auroc, write_report
     from .demo import load_demo
 
+    if args.checkpoint is None or args.explainer is not None:
+        return run_saved(args)
     if args.num_test < 1 or args.k < 1:
         print("gpex explain: error: --num-test and --k must be at least 1", file=sys.stderr)
         return 2

@@ -90,7 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="torch intra-op threads for this run (default 0: leave torch's setting)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
 
 def _parse_weights(text: str) -> list[float]:

@@ -82,7 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads for this run (default 1: on a small, shared machine more threads "
         "oversubscribe the cores and run several times slower; 0 keeps torch's setting)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
 
 def _last_conv_name(model: nn.Module) -> str:

@@ -14,17 +14,19 @@ import torch
 import torch.distributed as dist
 from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor, nn
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
 from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
 from ..utils import NonFiniteError, check_input_data, check_tensor, module_dtype, nonfinite_rows
+from ..utils.network_output import OutputSelector, check_output_selector, select_output
+from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
 from .checkpointing import check_writable, load_checkpoint, save_checkpoint
 from .dataset_access import dataset_length, iterate_inputs, take_inputs
 from .default_kernel_network import default_kernel_network
 from .input_mixing import mix_inputs
+from .training_data import as_map_dataset
 
 __all__ = ["Distiller", "distill"]
 
@@ -136,12 +138,16 @@ class Distiller:
         rely on float64 accumulation; each recompute is :math:`O(M)`).
     :param eval_every: steps between Pearson / staleness reports.
     :param eval_size: their batch size.
-    :param checkpoint_every: steps between checkpoints to ``checkpoint_path``.
+    :param checkpoint_every: steps between checkpoints to ``checkpoint_path`` (the final step is saved too).
     :param embedding_dtype: storage dtype of the inducing cache (e.g. ``torch.bfloat16``).
     :param device: where the GPs live (default: the device of ``ann``'s parameters).
     :param seed: seeds every random draw of the run (and the default kernel network's weights).
     :param fill_batch_size: batch size of the initial sweep over the inducing set.
-    :param progress: show tqdm progress bars.
+    :param progress: show tqdm progress bars: ``"auto"`` (default) only when stderr is a terminal, so
+        that logs and pipes stay free of redraw frames; ``True`` always; ``False`` never.
+    :param output: which part of ``ann``'s output to explain when it is not one tensor: an attribute
+        or key name (``"logits"`` for a HuggingFace classifier), a tuple index, or a callable
+        (see :mod:`gpex_gpytorch.utils.network_output`).
     :param final_refresh: end ``fit`` with one full refresh of the inducing cache, without
         gradient and with the kernel network in eval mode (one inference pass over the inducing
         set), so that every similarity an explanation shows is the kernel value of the trained
@@ -179,8 +185,9 @@ class Distiller:
         device: torch.device | str | None = None,
         seed: int = 0,
         fill_batch_size: int = 1024,
-        progress: bool = True,
+        progress: ProgressSetting = "auto",
         final_refresh: bool = True,
+        output: OutputSelector = None,
     ) -> None:
         if not isinstance(ann, nn.Module):
             raise TypeError(f"ann: expected a torch.nn.Module, got {type(ann).__name__}")
@@ -252,44 +259,67 @@ class Distiller:
         self.eval_every = eval_every
         self.eval_size = eval_size
         self.checkpoint_every = checkpoint_every
-        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_path = checkpoint_path  # as given: scikit-learn's clone checks parameters are kept as-is
         self.embedding_dtype = embedding_dtype
         self.device = device
         self.seed = seed
         self.fill_batch_size = fill_batch_size
         self.progress = progress
         self.final_refresh = final_refresh
+        check_output_selector("output", output)
+        resolve_progress(progress)  # validates
+        self.output = output
 
     # ------------------------------------------------------------------ public
-    def get_params(self) -> dict[str, Any]:
-        """The keyword settings this distiller was built with (scikit-learn's ``get_params``)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every constructor argument, ``ann`` and ``kernel_network`` included (scikit-learn's ``get_params``;
+        ``deep`` is accepted for compatibility: the networks are not estimators, so it changes nothing).
+
+        ``sklearn.base.clone(distiller)`` builds an unfitted copy with deep-copied networks.
+        """
         names = inspect.signature(Distiller.__init__).parameters
-        return {name: getattr(self, name) for name in names if name not in ("self", "ann", "kernel_network")}
+        return {name: getattr(self, name) for name in names if name != "self"}
+
+    def set_params(self, **params: Any) -> Distiller:
+        """Change constructor arguments (scikit-learn's ``set_params``); unknown names raise before any change."""
+        valid = set(self.get_params())
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ValueError(f"set_params: unknown parameters {unknown}; valid ones are {sorted(valid)}")
+        merged = {**self.get_params(), **params}
+        type(self)(**merged)  # validates the new combination with the constructor's checks
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
     def fit(
         self,
-        train_dataset: Dataset,
-        inducing_dataset: Dataset | None = None,
+        train_dataset: Dataset | DataLoader | Tensor,
+        inducing_dataset: Dataset | DataLoader | Tensor | None = None,
         *,
         resume: str | Path | None = None,
     ) -> Distiller:
         """Run Alg. 2 for ``steps`` steps (continuing from a checkpoint when ``resume`` is given).
 
-        :param train_dataset: map-style dataset of inputs (or ``(input, ...)`` tuples).
+        :param train_dataset: map-style dataset of inputs (or ``(input, ...)`` tuples); a ``DataLoader``
+            (its dataset is used; an iterable one is read once) or a tensor of inputs is accepted too.
         :param inducing_dataset: the inducing instances; default ``train_dataset`` (no augmentation).
         :param resume: a checkpoint written by an earlier run with the same settings and data.
         """
+        train_dataset = as_map_dataset(train_dataset, "train_dataset")
+        if inducing_dataset is not None:
+            inducing_dataset = as_map_dataset(inducing_dataset, "inducing_dataset")
         if type(self) is Distiller and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Launched with torchrun: the same call shards the cache across the ranks.
             from ..distributed import DistributedDistiller
 
-            distributed = DistributedDistiller(self.ann, self.kernel_network, **self.get_params())
+            distributed = DistributedDistiller(**self.get_params())
             distributed.fit(train_dataset, inducing_dataset, resume=resume)
             # Fitted attributes (model_, history_, communication_, ...) carry over.
             self.__dict__.update({k: v for k, v in vars(distributed).items() if k.endswith("_")})
             return self
-        num_train = dataset_length(train_dataset, "train_dataset")
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
+        num_train = dataset_length(train_dataset, "train_dataset")
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
         if self.checkpoint_path is not None:
@@ -325,7 +355,7 @@ class Distiller:
         before = kernel.embeddings[:, rows].to(torch.float64)
         start = time.perf_counter()
         # In place: a cache too large to hold twice must still refresh (a failure raises from fit anyway).
-        kernel.fill(batches, progress=self.progress, staged=False)
+        kernel.fill(batches, progress=resolve_progress(self.progress), staged=False)
         seconds = time.perf_counter() - start
         after = kernel.embeddings[:, rows].to(torch.float64)
         norm = torch.linalg.vector_norm(after).clamp_min(1e-300)
@@ -340,8 +370,8 @@ class Distiller:
 
     @torch.no_grad()
     def _ann_outputs(self, x: Tensor) -> Tensor:
-        out = self.ann(x)
-        if not isinstance(out, Tensor) or out.dim() != 2:
+        out = select_output(self.ann(x), self.output, "ann")
+        if out.dim() != 2:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"ann: expected an output of shape (N, L) (one column per GP head), got {shape}")
         if out.shape[1] == 0:
@@ -395,11 +425,11 @@ class Distiller:
 
     def _inducing_values(self, dataset: Dataset, device: torch.device) -> Tensor:
         chunks = []
-        for start_batch in tqdm(
+        for start_batch in progress_bar(
             iterate_inputs(dataset, self.fill_batch_size),
             total=-(-dataset_length(dataset, "inducing_dataset") // self.fill_batch_size),
             desc="ANN on the inducing set",
-            disable=not self.progress,
+            progress=self.progress,
         ):
             chunks.append(self._ann_outputs(start_batch.to(device)).float())
         values = torch.cat(chunks)
@@ -429,7 +459,7 @@ class Distiller:
             values = self._inducing_values(inducing_dataset, device)
             kernel.fill(  # a new cache has nothing to protect: no staging copy
                 (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
-                progress=self.progress,
+                progress=resolve_progress(self.progress),
                 staged=False,
             )
         else:
@@ -549,7 +579,7 @@ class Distiller:
         eval_ann = self._ann_outputs(eval_x)
         refresh_size = self.refresh_batch_size or self.inducing_batch_size
         model.train()
-        bar = tqdm(total=self.steps, initial=run.step, desc="distilling", disable=not self.progress)
+        bar = progress_bar(total=self.steps, initial=run.step, desc="distilling", progress=self.progress)
         start_time = time.perf_counter()
         while run.step < self.steps:
             step = run.step + 1
@@ -593,11 +623,15 @@ class Distiller:
                 record.update(self._evaluate(run, eval_x, eval_ann, inducing_dataset, device))
                 record["seconds"] = time.perf_counter() - start_time
                 bar.set_postfix(
-                    loss=f"{record['loss']:.3g}", pearson=f"{record['pearson']:.4f}", stale=f"{record['staleness']:.3g}"
+                    loss=f"{record['loss']:.3g}",
+                    pearson=f"{record['pearson']:.4f}",
+                    stale=f"{record['staleness']:.3g}",
+                    refresh=False,
                 )
             run.history.append(record)
             bar.update(1)
-            if self.checkpoint_every is not None and step % self.checkpoint_every == 0:
+            # The last step is always saved, whether or not checkpoint_every divides steps.
+            if self.checkpoint_every is not None and (step % self.checkpoint_every == 0 or step == self.steps):
                 self._save(run, kernel.num_inducing, kernel.num_heads)
         bar.close()
 

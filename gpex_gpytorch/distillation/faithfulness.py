@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,12 +139,24 @@ def faithfulness(
     )
 
 
-def plot_faithfulness(gp_mean: Tensor, ann_output: Tensor, path: str | Path, *, max_heads: int = 16) -> Path:
-    """Scatter of GP mean against network output, one panel per head, saved as a PNG."""
+def plot_faithfulness(
+    gp_mean: Tensor,
+    ann_output: Tensor,
+    path: str | Path,
+    *,
+    max_heads: int = 16,
+    head_names: Sequence[str] | None = None,
+) -> Path:
+    """Scatter of GP mean against network output, one panel per head, saved as a PNG.
+
+    :param head_names: a title per head (e.g. class names), instead of ``head l``.
+    """
     check_tensor("gp_mean", gp_mean, ndim=2)
     check_tensor("ann_output", ann_output, shape=tuple(gp_mean.shape))
     if isinstance(max_heads, bool) or not isinstance(max_heads, int) or max_heads < 1:
         raise ValueError(f"max_heads: expected an integer >= 1, got {max_heads!r}")
+    if head_names is not None and len(head_names) != gp_mean.shape[1]:
+        raise ValueError(f"head_names: expected {gp_mean.shape[1]} names (one per head), got {len(head_names)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +175,8 @@ def plot_faithfulness(gp_mean: Tensor, ann_output: Tensor, path: str | Path, *, 
         ax.scatter(a, g, s=4, alpha=0.5)
         low, high = float(min(a.min(), g.min())), float(max(a.max(), g.max()))
         ax.plot([low, high], [low, high], color="black", linewidth=0.8)
-        ax.set_title(f"head {head}: r = {corr[head]:.4f}", fontsize=9)
+        name = f"head {head}" if head_names is None else str(head_names[head])
+        ax.set_title(f"{name}: r = {corr[head]:.4f}", fontsize=9)
         ax.set_xlabel("ANN output", fontsize=8)
         ax.set_ylabel("GP mean", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -17,6 +17,7 @@ from ..distillation.distiller import CHECKPOINT_FORMAT, Distiller, _Run, _Sweep,
 from ..distillation.input_mixing import mix_inputs
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
+from ..utils.progress import resolve_progress
 from .checkpoint_shards import MANIFEST, ShardedCheckpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from .communication import CommunicationMeter, all_reduce_sum, collective_errors, counting_allreduce_hook
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
@@ -192,7 +193,8 @@ class DistributedDistiller(Distiller):
         # Trainable parameters DDP does not see (a learnable noise): their gradients are averaged here.
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in ddp_params]
         model.train()
-        bar = tqdm(total=self.steps, initial=run.step, desc="distilling", disable=not self.progress or rank != 0)
+        show = resolve_progress(self.progress) and rank == 0
+        bar = tqdm(total=self.steps, initial=run.step, desc="distilling", disable=not show)
         start_time = time.perf_counter()
         while run.step < self.steps:
             step = run.step + 1

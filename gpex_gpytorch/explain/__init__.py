@@ -3,6 +3,7 @@
 from .cache_freshness import StaleCacheWarning, check_cache_fresh
 from .contributions import Contributions, posterior_contributions
 from .error_detection import ErrorDetectionReport, ScoreDetection, error_detection_report
+from .explanation import Explanation, explain
 from .gp_substitution import PipelineComparison, compare_pipeline, gp_replacement, substitute_gp
 from .kernel_similarity import DEFAULT_METRIC, SIMILARITY_METRICS
 from .label_review import ReviewRanking, label_review, label_self_scores, plot_review, write_review_html
@@ -42,6 +43,7 @@ __all__ = [
     "DeletionCurves",
     "ErrorDetectionReport",
     "FlattenedOutput",
+    "Explanation",
     "Hubness",
     "HubnessWarning",
     "Neighbours",
@@ -61,6 +63,7 @@ __all__ = [
     "deletion_curves",
     "error_detection_report",
     "error_scores",
+    "explain",
     "gp_replacement",
     "gradient_input_scores",
     "hubness",

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..utils import resolve_submodule as shared_resolve_submodule
+from ..utils.network_output import OutputSelector, check_output_selector, select_output
+from .submodule_call import SubmoduleCall
 
 __all__ = [
     "CapturedActivations",
@@ -135,6 +137,7 @@ class CapturedActivations:
     :ivar outputs: ``(N, heads)`` its output flattened row-major (on the CPU).
     :ivar output_shape: the per-example output shape, e.g. ``(1, 4, 4)``.
     :ivar num_calls: how many times the sub-module ran.
+    :ivar call: how the sub-module was called (other arguments, replayed with new inputs).
     """
 
     name: str
@@ -142,6 +145,7 @@ class CapturedActivations:
     outputs: Tensor
     output_shape: tuple[int, ...]
     num_calls: int
+    call: SubmoduleCall | None = None
 
     @property
     def num_heads(self) -> int:
@@ -156,16 +160,6 @@ class CapturedActivations:
         return heads.reshape(heads.shape[0], *self.output_shape)
 
 
-def _single_tensor_input(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Tensor:
-    if len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
-        got = [type(a).__name__ for a in args] + [f"{k}=" for k in kwargs]
-        raise TypeError(
-            f"sub-module {name!r}: expected to be called with one tensor argument, got ({', '.join(got)}); "
-            "GPEX explains a sub-module as a function of one input tensor"
-        )
-    return args[0]
-
-
 @torch.no_grad()
 def capture_submodule(
     pipeline: nn.Module,
@@ -175,6 +169,8 @@ def capture_submodule(
     forward_fn: ForwardFn | None = None,
     max_samples: int | None = None,
     eval_mode: bool = True,
+    input: int | str | None = None,
+    output: OutputSelector = None,
 ) -> CapturedActivations:
     """Record a sub-module's input and output during forward passes of the whole pipeline.
 
@@ -190,22 +186,36 @@ def capture_submodule(
     :param forward_fn: how to run the pipeline on a batch (see :func:`run_pipeline`).
     :param max_samples: stop once this many rows are captured (the rest are dropped).
     :param eval_mode: run the pipeline in eval mode (restored afterwards either way).
+    :param input: the explained input when the sub-module takes several arguments: a position or
+        a parameter name (default: the first positional argument); the others are recorded and
+        replayed (:class:`~gpex_gpytorch.explain.submodule_call.SubmoduleCall`).
+    :param output: which part of the sub-module's output to explain when it is not one tensor (a
+        tuple index, a key or attribute name, or a callable; see
+        :mod:`gpex_gpytorch.utils.network_output`).
     :raises ValueError: unknown sub-module name, or a loader that never reaches the sub-module.
-    :raises TypeError: the sub-module returned something other than a tensor, or was called with
-        other than one tensor argument.
+    :raises TypeError: the selected output is not a tensor, or the explained input is not a tensor.
+    :raises ValueError: an argument other than the explained input differs between examples or calls.
     """
     bad_max = isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
     if max_samples is not None and bad_max:
         raise ValueError(f"max_samples: expected None or an integer >= 1, got {max_samples!r}")
+    check_output_selector("output", output)
     dotted, module = resolve_submodule(pipeline, name)
+    calls: list[SubmoduleCall] = []
     inputs: list[Tensor] = []
     outputs: list[Tensor] = []
     shapes: list[tuple[int, ...]] = []
 
-    def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        flat = flatten_heads(output, f"sub-module {dotted!r}")
-        x = _single_tensor_input(args, kwargs, dotted)
-        shape = tuple(output.shape[1:])
+    def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+        where = f"sub-module {dotted!r}"
+        selected = select_output(result, output, where)
+        flat = flatten_heads(selected, where)
+        call, x = SubmoduleCall.record(module, args, kwargs, input, where)
+        if calls:
+            calls[0].check_same(call, where)
+        else:
+            calls.append(call)
+        shape = tuple(selected.shape[1:])
         if shapes and shape != shapes[0]:
             raise ValueError(
                 f"sub-module {dotted!r}: per-example output shape changed from {shapes[0]} to {shape} "
@@ -231,4 +241,4 @@ def capture_submodule(
     x_all, y_all = torch.cat(inputs), torch.cat(outputs)
     if max_samples is not None:
         x_all, y_all = x_all[:max_samples], y_all[:max_samples]
-    return CapturedActivations(dotted, x_all, y_all, shapes[0], len(shapes))
+    return CapturedActivations(dotted, x_all, y_all, shapes[0], len(shapes), calls[0])

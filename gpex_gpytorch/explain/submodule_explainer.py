@@ -12,9 +12,11 @@ from torch.utils.data import TensorDataset
 
 from ..distillation import Distiller, FaithfulnessReport, faithfulness
 from ..models.gpex_model import GPEXModel
+from ..utils.network_output import OutputSelector, check_output_selector, select_output
 from .gp_substitution import PipelineComparison, compare_pipeline, substitute_gp
 from .kernel_similarity import DEFAULT_METRIC
 from .nearest_neighbours import Neighbours, nearest_neighbours
+from .submodule_call import SubmoduleCall
 from .submodule_capture import (
     CapturedActivations,
     ForwardFn,
@@ -31,16 +33,25 @@ class FlattenedOutput(nn.Module):
     """Wraps a sub-module so that its output ``(N, ...)`` reads ``(N, heads)`` (row-major).
 
     This is the "ANN" the distiller explains: one GP head per output value.
+
+    :param module: the sub-module.
+    :param output: which part of its output to explain (see :mod:`gpex_gpytorch.utils.network_output`).
+    :param call: how it was called (other arguments replayed around the explained input), or ``None``
+        for ``module(x)``.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, output: OutputSelector = None, call: SubmoduleCall | None = None) -> None:
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        check_output_selector("output", output)
         super().__init__()
         self.module = module
+        self.output = output
+        self.call = call
 
     def forward(self, x: Tensor) -> Tensor:
-        return flatten_heads(self.module(x), "sub-module")
+        result = self.module(x) if self.call is None else self.call(self.module, x)
+        return flatten_heads(select_output(result, self.output, "sub-module"), "sub-module")
 
 
 class SubmoduleExplainer:
@@ -68,6 +79,10 @@ class SubmoduleExplainer:
     :param kernel_network: the kernel network ``f`` (default: built from the input shape).
     :param max_samples: capture at most this many training examples.
     :param constant_tol: heads whose output standard deviation is at most this are constant.
+    :param input: the explained input of a sub-module called with several arguments (a position or
+        a parameter name; default the first positional one); the others are replayed as recorded.
+    :param output: which part of the sub-module's output to explain: a tuple index (``0`` for an
+        attention module's ``(output, weights)``), a key or attribute name, or a callable.
     :param distiller_options: passed to :class:`~gpex_gpytorch.distillation.Distiller`
         (``embedding_dim``, ``steps``, ``lr``, ``seed``, ``progress``...).
 
@@ -85,9 +100,14 @@ class SubmoduleExplainer:
         kernel_network: nn.Module | None = None,
         max_samples: int | None = None,
         constant_tol: float = 1e-6,
+        input: int | str | None = None,
+        output: OutputSelector = None,
         **distiller_options: Any,
     ) -> None:
         self.name, self.submodule = resolve_submodule(pipeline, name)  # fail early on a bad name
+        check_output_selector("output", output)
+        self.input = input
+        self.output = output
         self.pipeline = pipeline
         self.forward_fn = forward_fn
         self.kernel_network = kernel_network
@@ -98,12 +118,20 @@ class SubmoduleExplainer:
     # ------------------------------------------------------------------ fitting
     def capture(self, loader: Iterable[Any], *, max_samples: int | None = None) -> CapturedActivations:
         """The sub-module's inputs and outputs over ``loader`` (see :func:`capture_submodule`)."""
-        return capture_submodule(self.pipeline, self.name, loader, forward_fn=self.forward_fn, max_samples=max_samples)
+        return capture_submodule(
+            self.pipeline,
+            self.name,
+            loader,
+            forward_fn=self.forward_fn,
+            max_samples=max_samples,
+            input=self.input,
+            output=self.output,
+        )
 
     def fit(self, loader: Iterable[Any]) -> SubmoduleExplainer:
         """Capture the sub-module on ``loader`` and distil it. Returns ``self``."""
         captured = self.capture(loader, max_samples=self.max_samples)
-        ann = FlattenedOutput(self.submodule)
+        ann = FlattenedOutput(self.submodule, self.output, self._replay(captured))
         dataset = TensorDataset(captured.inputs)
         # The distiller toggles the network's mode; restore every module's own flag afterwards.
         with preserved_modes(self.pipeline, eval_mode=True):
@@ -117,6 +145,10 @@ class SubmoduleExplainer:
         self.train_report_ = train_report
         self.constant_heads_ = train_report.constant_heads
         return self
+
+    @staticmethod
+    def _replay(captured: CapturedActivations) -> SubmoduleCall | None:
+        return None if captured.call is None or captured.call.is_single_tensor else captured.call
 
     def _fitted(self) -> GPEXModel:
         model = getattr(self, "model_", None)
@@ -136,7 +168,7 @@ class SubmoduleExplainer:
         with preserved_modes(self.pipeline, eval_mode=True):
             return faithfulness(
                 model,
-                FlattenedOutput(self.submodule),
+                FlattenedOutput(self.submodule, self.output, self._replay(captured)),
                 TensorDataset(captured.inputs),
                 classifier=False,
                 constant_tol=self.constant_tol,

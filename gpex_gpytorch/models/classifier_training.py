@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
+
 __all__ = ["accuracy", "fit_classifier", "predict_logits"]
 
 
@@ -70,7 +72,7 @@ def fit_classifier(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
-    progress: bool = False,
+    progress: ProgressSetting = False,
 ) -> nn.Module:
     """Train ``model`` with Adam on the cross-entropy of its logits.
 
@@ -85,7 +87,7 @@ def fit_classifier(
     :param lr: Adam's learning rate.
     :param weight_decay: Adam's L2 penalty.
     :param seed: seed of the shuffling and of the model's own randomness.
-    :param progress: show a tqdm bar with the running loss.
+    :param progress: show a tqdm bar with the running loss (``"auto"``: only on a terminal).
     :returns: ``model``, trained and switched to eval mode.
     :raises ValueError: for an empty dataset, items that are not ``(inputs, labels)``, a model
         without parameters or non-positive ``epochs``/``batch_size``/``lr``.
@@ -106,10 +108,8 @@ def fit_classifier(
     loss_fn = nn.CrossEntropyLoss()
 
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * len(loader), desc="fit_classifier", unit="step")
+    if resolve_progress(progress):
+        bar = progress_bar(total=epochs * len(loader), desc="fit_classifier", unit="step", progress=progress)
     model.train()
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
@@ -130,7 +130,7 @@ def fit_classifier(
                     optimizer.step()
                     if bar is not None:
                         bar.update()
-                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()

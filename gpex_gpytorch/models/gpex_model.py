@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import gpytorch
 import torch
 from gpytorch.distributions import MultitaskMultivariateNormal
 from gpytorch.models import ApproximateGP
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..kernels import CachedDeepKernel
 from ..utils import check_input_data, module_dtype
@@ -122,3 +125,24 @@ class GPEXModel(ApproximateGP):
             return output.mean, variance
         finally:
             self.train(was_training)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, **extras: Any) -> Path:
+        """Write this fitted model to one file; see :func:`~gpex_gpytorch.distillation.save_explainer`
+        (``extras``: ``inducing_inputs``, ``inducing_labels``, ``head_names``, ``feature_names``, ``metadata``)."""
+        from ..distillation.saved_explainer import save_explainer  # the distillation layer owns the format
+
+        return save_explainer(path, self, **extras)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, kernel_network: nn.Module | None = None, *, map_location: str | torch.device = "cpu"
+    ) -> GPEXModel:
+        """The model saved at ``path`` (see :func:`~gpex_gpytorch.distillation.load_explainer`), in eval mode.
+
+        :param kernel_network: an instance of the saved kernel network's architecture; not needed
+            when it is the distiller's default.
+        """
+        from ..distillation.saved_explainer import load_explainer
+
+        return load_explainer(path, kernel_network, map_location=map_location).model
