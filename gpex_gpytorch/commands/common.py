@@ -8,6 +8,7 @@ import os
 import torch
 
 from ..utils.progress import ProgressSetting
+from .arguments import integer_at_least
 
 __all__ = ["add_common_options", "apply_common_options", "default_threads"]
 
@@ -28,7 +29,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, device: bool = True) 
     threads = default_threads()
     parser.add_argument(
         "--threads",
-        type=int,
+        type=integer_at_least(1),  # refused at parsing, before any work
         default=threads,
         help=f"torch CPU threads (default: {threads if threads else 'torch' + chr(39) + 's choice'}; 1 on <= 4 cores)",
     )

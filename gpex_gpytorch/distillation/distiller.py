@@ -219,7 +219,7 @@ class Distiller:
             ("learn_noise", learn_noise),
             ("mix", mix),
             ("detach_variance", detach_variance),
-            ("progress", progress),
+            ("final_refresh", final_refresh),
         ):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected True or False, got {type(flag).__name__} {flag!r}")
@@ -480,7 +480,15 @@ class Distiller:
         return run
 
     # Settings that do not change the trajectory of a resumed run (how long, where, what is shown).
-    _RESUMABLE_CHANGES = ("steps", "eval_every", "checkpoint_every", "checkpoint_path", "device", "progress")
+    _RESUMABLE_CHANGES = (
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "checkpoint_path",
+        "device",
+        "progress",
+        "final_refresh",
+    )
     _CHECKPOINT_KEYS = (
         "format", "config", "step", "model", "optimizer", "generator", "torch_rng", "fresh_sweep", "refresh_sweep",
         "history",
@@ -488,10 +496,18 @@ class Distiller:
 
     def _config(self) -> dict[str, Any]:
         """Every setting that shapes the run, as plain values (a resumed run must use the same)."""
-        config = {k: v for k, v in self.get_params().items() if k not in self._RESUMABLE_CHANGES}
+        skip = (*self._RESUMABLE_CHANGES, "ann", "kernel_network")  # the networks are checkpointed as weights
+        config = {k: v for k, v in self.get_params().items() if k not in skip}
         # The initial sweep's batch size only matters before the first checkpoint.
         config.pop("fill_batch_size")
         config["embedding_dtype"] = str(self.embedding_dtype)
+        # Plain values only (checkpoints load with weights_only=True): a callable selector by its name.
+        output = self.output
+        config["output"] = (
+            output
+            if output is None or isinstance(output, (str, int))
+            else getattr(output, "__qualname__", type(output).__name__)
+        )
         return config
 
     def _check_checkpoint(

@@ -83,7 +83,7 @@ class DistributedDistiller(Distiller):
         device = self._device()
         if self.checkpoint_path is not None:
             # The folder of shards: found read-only now, not after an interval's work.
-            check_writable(self.checkpoint_path / MANIFEST)
+            check_writable(Path(self.checkpoint_path) / MANIFEST)
         checkpoint = None
         if resume is not None:
             layout = ShardLayout(num_inducing, world)
@@ -168,7 +168,7 @@ class DistributedDistiller(Distiller):
             "refresh_sweep": run.refresh_sweep.state(),
             "history": run.history,
         }
-        save_sharded_checkpoint(self.checkpoint_path, run.model, kernel, extra, step=run.step)
+        save_sharded_checkpoint(Path(self.checkpoint_path), run.model, kernel, extra, step=run.step)
 
     # ------------------------------------------------------------------ the loop
     def _train_sharded(
