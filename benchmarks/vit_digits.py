@@ -94,11 +94,25 @@ def main() -> None:
             vit, "vit.layers.0.attention", output=0, steps=args.steps, seed=args.seed, progress="auto"
         ).fit(DataLoader(train.tensors[0], batch_size=256))
         score = explainer.score(DataLoader(test.tensors[0], batch_size=256))
+        # Which heads match worst, and why: each head's spread on the test set beside its Pearson.
+        spread = explainer.capture(DataLoader(test.tensors[0], batch_size=256)).outputs.double().std(0)
+        pearson = torch.tensor([float("nan") if p is None else p for p in score.pearson_per_head], dtype=torch.float64)
+        valid = ~pearson.isnan()
+        low = valid & (pearson < 0.9)
+        order = spread[valid].argsort().argsort().double()  # ranks, for a Spearman correlation
+        ranks = pearson[valid].argsort().argsort().double()
+        spearman = float(torch.corrcoef(torch.stack([order, ranks]))[0, 1])
         results["attention_output"] = {
             "heads": explainer.capture_.num_heads,
             "pearson_mean": score.pearson_mean,
             "pearson_min": score.pearson_min,
             "constant_heads": len(score.constant_heads),
+            "heads_below_0.9": int(low.sum()),
+            "spearman_spread_vs_pearson": spearman,
+            "median_spread_heads_below_0.9": float(spread[low].median()) if bool(low.any()) else None,
+            "median_spread_other_heads": float(spread[valid & ~low].median()),
+            "pearson_per_head": score.pearson_per_head,
+            "spread_per_head": spread.tolist(),
             "seconds": time.perf_counter() - start,
         }
         print("attention output", results["attention_output"])
