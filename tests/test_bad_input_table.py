@@ -1089,6 +1089,8 @@ ROWS: list[Row] = [
     # ------------------------------------------------------------------ utils
     Row(ut.check_tensor, "shape", lambda fx: ut.check_tensor("a", torch.zeros(2, 3), shape=(2, None, 1)),
         ValueError, r"a: expected shape \(2, \*, 1\), got \(2, 3\)"),
+    Row(ut.check_positive_int, "a float", lambda fx: ut.check_positive_int("chunk_size", 1.5),
+        ValueError, r"chunk_size: expected an integer >= 1, got 1.5"),
     Row(ut.check_finite, "inf", lambda fx: ut.check_finite("a", torch.tensor([0.0, float("inf")])),
         ut.NonFiniteError, r"a: expected finite values, found 1 non-finite entries \(first at indices \[\[1\]\]\)"),
     Row(ut.check_finite_rows, "NaN row",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..utils import check_positive_int
 from ..utils.batch_shape import check_batched
 from .sequence_layers import FlattenAndPool, TokenEmbedding
 
@@ -36,8 +37,7 @@ class DefaultKernelNetwork(nn.Sequential):
 
     def __init__(self, input_shape: Sequence[int], num_heads: int, embedding_dim: int, width: int = 256) -> None:
         for name, value in (("num_heads", num_heads), ("embedding_dim", embedding_dim), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         shape = tuple(int(s) for s in input_shape)
         if any(s < 1 for s in shape):
             raise ValueError(f"input_shape: expected positive sizes, got {shape}")

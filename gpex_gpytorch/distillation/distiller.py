@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..kernels import CachedDeepKernel
 from ..mlls import ANNMatchingELBO
 from ..models.gpex_model import GPEXModel
-from ..utils import NonFiniteError, check_input_data, check_tensor, module_dtype, nonfinite_rows
+from ..utils import NonFiniteError, check_input_data, check_positive_int, check_tensor, module_dtype, nonfinite_rows
 from ..utils.network_output import OutputSelector, check_output_selector, select_output
 from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
 from .checkpointing import check_writable, load_checkpoint, save_checkpoint
@@ -202,8 +202,7 @@ class Distiller:
             ("eval_size", eval_size),
             ("fill_batch_size", fill_batch_size),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         for name, value in (
             ("refresh_batch_size", refresh_batch_size),
             ("recompute_every", recompute_every),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..utils import check_positive_int
+
 __all__ = ["ShardLayout"]
 
 
@@ -28,8 +30,7 @@ class ShardLayout:
 
     def __post_init__(self) -> None:
         for name, value in (("num_rows", self.num_rows), ("world_size", self.world_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         if self.world_size > self.num_rows:
             raise ValueError(
                 f"world_size: expected at most num_rows={self.num_rows} ranks (each holds >= 1 row), "

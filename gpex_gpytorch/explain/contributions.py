@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
+from ..utils import check_positive_int
 from .kernel_similarity import (
     KernelQueries,
-    check_positive_int,
     check_queries,
     choose_heads,
     embed_queries,

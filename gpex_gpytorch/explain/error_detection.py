@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..utils import check_tensor
+from ..utils import check_positive_int, check_tensor
 
 __all__ = ["ErrorDetectionReport", "ScoreDetection", "auroc", "error_detection_report", "weighted_auroc"]
 
@@ -238,8 +238,7 @@ def error_detection_report(
     if reference not in scores:
         raise ValueError(f"reference: expected one of {names}, got {reference!r}")
     for name, value in (("num_resamples", num_resamples), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        check_positive_int(name, value)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a coverage strictly between 0 and 1, got {level!r}")
     checked = {name: _check_pair(value, errors, f"scores[{name!r}]") for name, value in scores.items()}

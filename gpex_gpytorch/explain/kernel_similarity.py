@@ -45,7 +45,6 @@ __all__ = [
     "KernelQueries",
     "check_metric",
     "check_queries",
-    "check_positive_int",
     "choose_heads",
     "embed_queries",
     "score_block",
@@ -72,13 +71,6 @@ def check_queries(model: GPEXModel, inputs: object, name: str = "inputs") -> Ten
     kernel = model.covar_module
     dtype = module_dtype(kernel.feature_extractor)
     return check_input_data(name, inputs, dtype=dtype, device=kernel.embeddings.device, integer_ok=True)
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` as an ``int`` >= 1 (``bool`` and floats refused), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return value
 
 
 def choose_heads(model: GPEXModel, mean: Tensor | None, heads: object, num_queries: int) -> Tensor:

@@ -9,12 +9,11 @@ import torch
 from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
-from ..utils import check_tensor
+from ..utils import check_positive_int, check_tensor
 from .cache_freshness import check_cache_fresh
 from .kernel_similarity import (
     DEFAULT_METRIC,
     check_metric,
-    check_positive_int,
     check_queries,
     choose_heads,
     embed_queries,

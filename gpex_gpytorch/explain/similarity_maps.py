@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from ..kernels import CachedDeepKernel
 from ..models.gpex_model import GPEXModel
-from ..utils import check_tensor
+from ..utils import check_positive_int, check_tensor
 from .nearest_neighbours import Neighbours
 
 __all__ = [
@@ -90,8 +90,7 @@ class PooledSpatialKernelNetwork(nn.Module):
         self, backbone: nn.Module, channels: int, num_heads: int, embedding_dim: int, *, head: bool = True
     ) -> None:
         for name, value in (("channels", channels), ("num_heads", num_heads), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone: expected a torch.nn.Module, got {type(backbone).__name__}")
         super().__init__()

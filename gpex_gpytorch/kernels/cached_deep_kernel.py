@@ -16,6 +16,7 @@ from ..utils import (
     check_allocation,
     check_finite_rows,
     check_index_tensor,
+    check_positive_int,
     check_tensor,
     nonfinite_rows,
 )
@@ -86,8 +87,7 @@ class CachedDeepKernel(Kernel):
             ("num_heads", num_heads),
             ("embedding_dim", embedding_dim),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+            check_positive_int(name, value)
         embedding_dtype = torch.get_default_dtype() if embedding_dtype is None else embedding_dtype
         if not embedding_dtype.is_floating_point:
             raise TypeError(f"embedding_dtype: expected a floating-point dtype, got {embedding_dtype}")

@@ -170,6 +170,13 @@ def broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
         return False
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` >= 1 (``bool`` and floats refused), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
 def check_positive(name: str, value: float | Tensor) -> None:
     """Raise ``ValueError`` unless every entry of ``value`` is finite and strictly positive."""
     if isinstance(value, Tensor):
