@@ -17,16 +17,15 @@ About four minutes per seed on one CPU thread. ``--aggregate-only`` re-reads the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpex_gpytorch.cli import main as cli_main  # noqa: E402
+
+from seed_sweep import parse_seeds, sweep
 
 METHODS = ("generator", "class_mean_gradient_x_activation", "gradient_x_activation", "top_k_activation", "random")
 OURS = ("agreement", "confidence_ratio", "kl")
@@ -163,24 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", type=str, default="", help="extra options passed to `gpex pathways`")
     parser.add_argument("--aggregate-only", action="store_true")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if not seeds:
-        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    started = time.perf_counter()
-    runs: dict[int, dict] = {}
-    for seed in seeds:
-        folder = args.out / f"seed_{seed}"
-        if not args.aggregate_only:
-            options = ["--seed", str(seed), "--threads", "1", "--no-progress", "--gp-steps", str(args.gp_steps)]
-            cli_main(["pathways", "--out", str(folder), *options, *args.extra.split()])
-        runs[seed] = json.loads((folder / "pathways.json").read_text())
-    summary = aggregate(runs)
-    summary["command"] = "python benchmarks/pathways_seeds.py " + " ".join(argv or sys.argv[1:])
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "summary.md").write_text(tables(summary))
-    print(tables(summary))
-    return 0
+
+    def command(seed: int, folder: Path) -> list[str]:
+        options = ["--seed", str(seed), "--threads", "1", "--no-progress", "--gp-steps", str(args.gp_steps)]
+        return ["pathways", "--out", str(folder), *options, *args.extra.split()]
+
+    return sweep(
+        args.out,
+        parse_seeds(args.seeds),
+        None if args.aggregate_only else command,
+        "pathways.json",
+        aggregate,
+        tables,
+        "python benchmarks/pathways_seeds.py " + " ".join(argv or sys.argv[1:]),
+    )
 
 
 if __name__ == "__main__":

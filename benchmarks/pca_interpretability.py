@@ -15,16 +15,15 @@ About a minute per seed on one CPU thread.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpex_gpytorch.cli import main as cli_main  # noqa: E402
+
+from seed_sweep import parse_seeds, sweep
 
 LAYERS = ("penultimate_post", "penultimate_pre", "conv")
 BASES = ("pc", "neuron", "random")
@@ -81,23 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=str, default="0,1,2")
     parser.add_argument("--extra", type=str, default="", help="extra options passed to `gpex pca`, space-separated")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if not seeds:
-        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    started = time.perf_counter()
-    runs: dict[int, dict] = {}
-    for seed in seeds:
-        folder = args.out / f"seed_{seed}"
-        argv_seed = ["pca", "--out", str(folder), "--seed", str(seed), "--no-progress", *args.extra.split()]
-        cli_main(argv_seed)
-        runs[seed] = json.loads((folder / "pca.json").read_text())
-    summary = aggregate(runs)
-    summary["command"] = "python benchmarks/pca_interpretability.py " + " ".join(argv or sys.argv[1:])
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "summary.md").write_text(table(summary))
-    print(table(summary))
-    return 0
+    return sweep(
+        args.out,
+        parse_seeds(args.seeds),
+        lambda seed, folder: ["pca", "--out", str(folder), "--seed", str(seed), "--no-progress", *args.extra.split()],
+        "pca.json",
+        aggregate,
+        table,
+        "python benchmarks/pca_interpretability.py " + " ".join(argv or sys.argv[1:]),
+    )
 
 
 if __name__ == "__main__":
