@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gpex_gpytorch.distillation import load_checkpoint, save_checkpoint
-from gpex_gpytorch.distillation.checkpointing import _host
+from gpex_gpytorch.utils.checkpoint_files import _host
 
 ROOT = Path(__file__).resolve().parents[1]
 

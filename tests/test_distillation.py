@@ -22,8 +22,8 @@ from gpex_gpytorch.distillation import (
     predict_gp_and_ann,
     save_checkpoint,
 )
-from gpex_gpytorch.distillation.checkpointing import _host
 from gpex_gpytorch.explain import StaleCacheWarning, check_cache_fresh
+from gpex_gpytorch.utils.checkpoint_files import _host
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from gpex_gpytorch.distributed import (
     DistributedDistiller,
     ShardedCachedDeepKernel,
     ShardLayout,
+    TorchDistributed,
     init_distributed,
     load_sharded_checkpoint,
     sharded_nearest_neighbours,
@@ -117,10 +118,9 @@ def _scenario_equivalence(rank: int, world: int, folder: Path) -> dict[str, Any]
     out["neighbours"] = (found.indices, found.similarities)
 
     dataset, ann = _distiller_data()
-    # The plain entry point: under torchrun, Distiller.fit hands over to DistributedDistiller.
-    distiller = Distiller(ann, **_distiller_settings(6, checkpoint_every=3, checkpoint_path=folder / "checkpoint")).fit(
-        dataset
-    )
+    # The plain Distiller with the torch.distributed policy: the same loop as one process.
+    settings = _distiller_settings(6, checkpoint_every=3, checkpoint_path=folder / "checkpoint")
+    distiller = Distiller(ann, sharding=TorchDistributed(), **settings).fit(dataset)
     trained = distiller.model_
     out["trained_network"] = [p.detach().clone() for p in trained.covar_module.feature_extractor.parameters()]
     out["trained_noise"] = trained.noise.detach().clone()

@@ -28,8 +28,14 @@ def _first(item: object) -> Tensor:
     return value
 
 
-def take_inputs(dataset: Dataset, indices: Tensor) -> Tensor:
-    """The inputs of ``dataset`` at ``indices`` as one batch tensor (a fast path for ``TensorDataset``)."""
+def take_inputs(dataset: Dataset, indices: Tensor, input_shape: torch.Size | None = None) -> Tensor:
+    """The inputs of ``dataset`` at ``indices`` as one batch tensor (a fast path for ``TensorDataset``).
+
+    :param input_shape: the shape of one input, to return an empty ``(0, *input_shape)`` batch for no
+        indices (a process of a sharded run may hold none of a step's rows).
+    """
+    if indices.numel() == 0 and input_shape is not None:
+        return torch.empty((0, *input_shape))
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[0][indices]
     return torch.stack([_first(dataset[int(i)]) for i in indices])

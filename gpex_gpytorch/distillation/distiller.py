@@ -6,41 +6,29 @@ import inspect
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..kernels import CachedDeepKernel
-from ..mlls import ANNMatchingELBO
+from ..kernels import CachedDeepKernel, Sharding, SingleProcess
 from ..models.gpex_model import GPEXModel
-from ..utils import NonFiniteError, check_input_data, check_positive_int, check_tensor, module_dtype, nonfinite_rows
+from ..utils import check_input_data, check_positive_int, module_dtype
 from ..utils.network_output import OutputSelector, check_output_selector, select_output
 from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
-from .checkpointing import check_writable, load_checkpoint, save_checkpoint
-from .dataset_access import dataset_length, iterate_inputs, take_inputs
+from .dataset_access import dataset_length, take_inputs
 from .default_kernel_network import default_kernel_network
-from .input_mixing import mix_inputs
+from .metrics import pearson_per_head
 from .training_data import as_map_dataset
+from .training_loop import LoopData, LoopSettings, run_training
+from .training_state import OPTIONAL_STATE_KEYS, STATE_KEYS, TrainingState
 
-__all__ = ["Distiller", "distill"]
+__all__ = ["Distiller", "distill", "pearson_per_head"]
 
 CHECKPOINT_FORMAT = "gpex-distiller-1"
-
-
-def pearson_per_head(a: Tensor, b: Tensor, tol: float = 1e-12) -> Tensor:
-    """Pearson correlation of each column of ``a`` with the same column of ``b``; NaN where ``b`` is constant."""
-    check_tensor("a", a, ndim=2)
-    check_tensor("b", b, shape=tuple(a.shape))
-    a, b = a.double() - a.double().mean(0), b.double() - b.double().mean(0)
-    denom = a.norm(dim=0) * b.norm(dim=0)
-    corr = (a * b).sum(0) / denom.clamp_min(tol)
-    return torch.where(b.norm(dim=0) > tol, corr, torch.full_like(corr, float("nan")))
 
 
 def _check_real(name: str, value: object, *, positive: bool) -> None:
@@ -61,44 +49,6 @@ def _check_device(device: object) -> torch.device:
     if resolved.type == "meta":
         raise ValueError("device: expected a device with data (cpu or cuda), got the meta device")
     return resolved
-
-
-class _Sweep:
-    """Cycles through all rows in random order, reshuffling after each pass: every row is
-    visited once per pass, and drawing ``k`` rows costs O(k) (the O(M) shuffle is amortised)."""
-
-    def __init__(self, size: int, generator: torch.Generator) -> None:
-        self.size = size
-        self.order = torch.randperm(size, generator=generator)
-        self.position = 0
-
-    def next(self, k: int, generator: torch.Generator) -> Tensor:
-        k = min(k, self.size)
-        if self.position + k > self.size:
-            self.order = torch.randperm(self.size, generator=generator)
-            self.position = 0
-        rows = self.order[self.position : self.position + k]
-        self.position += k
-        return rows
-
-    def state(self) -> dict[str, Any]:
-        return {"order": self.order.clone(), "position": self.position}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.order, self.position = state["order"].clone(), int(state["position"])
-
-
-@dataclass
-class _Run:
-    """Everything that a training run mutates (and a checkpoint saves)."""
-
-    model: GPEXModel
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    fresh_sweep: _Sweep
-    refresh_sweep: _Sweep
-    step: int
-    history: list[dict[str, float]]
 
 
 class Distiller:
@@ -156,7 +106,8 @@ class Distiller:
     Fitted attributes: ``model_`` (a :class:`GPEXModel`), ``history_`` (a list of dicts with
     ``step``, ``loss`` and, every ``eval_every`` steps, ``pearson`` and ``staleness``),
     ``final_refresh_`` (``None`` without the final refresh, else a dict with its ``seconds`` and the
-    ``staleness`` it removed, measured on a sample of up to 4,096 rows).
+    ``staleness`` it removed, measured on a sample of up to 4,096 rows), ``communication_`` (what
+    this process handed to collectives, per category: empty for one process).
     """
 
     def __init__(
@@ -188,6 +139,7 @@ class Distiller:
         progress: ProgressSetting = "auto",
         final_refresh: bool = True,
         output: OutputSelector = None,
+        sharding: Sharding | None = None,
     ) -> None:
         if not isinstance(ann, nn.Module):
             raise TypeError(f"ann: expected a torch.nn.Module, got {type(ann).__name__}")
@@ -238,6 +190,11 @@ class Distiller:
             _check_device(device)
         if checkpoint_path is not None and not isinstance(checkpoint_path, (str, Path)):
             raise TypeError(f"checkpoint_path: expected a str or Path, got {type(checkpoint_path).__name__}")
+        if sharding is not None and not isinstance(sharding, Sharding):
+            raise TypeError(
+                f"sharding: expected None or a gpex_gpytorch.kernels.Sharding (e.g. "
+                f"gpex_gpytorch.distributed.TorchDistributed()), got {type(sharding).__name__}"
+            )
         if checkpoint_every is not None and checkpoint_path is None:
             raise ValueError("checkpoint_path: required when checkpoint_every is set")
         self.ann = ann
@@ -268,6 +225,7 @@ class Distiller:
         check_output_selector("output", output)
         resolve_progress(progress)  # validates
         self.output = output
+        self.sharding = sharding
 
     # ------------------------------------------------------------------ public
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -308,37 +266,45 @@ class Distiller:
         train_dataset = as_map_dataset(train_dataset, "train_dataset")
         if inducing_dataset is not None:
             inducing_dataset = as_map_dataset(inducing_dataset, "inducing_dataset")
-        if type(self) is Distiller and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # Launched with torchrun: the same call shards the cache across the ranks.
-            from ..distributed import DistributedDistiller
-
-            distributed = DistributedDistiller(**self.get_params())
-            distributed.fit(train_dataset, inducing_dataset, resume=resume)
-            # Fitted attributes (model_, history_, communication_, ...) carry over.
-            self.__dict__.update({k: v for k, v in vars(distributed).items() if k.endswith("_")})
-            return self
+        sharding = self._sharding()
         inducing_dataset = train_dataset if inducing_dataset is None else inducing_dataset
         num_train = dataset_length(train_dataset, "train_dataset")
         num_inducing = dataset_length(inducing_dataset, "inducing_dataset")
         device = self._device()
         if self.checkpoint_path is not None:
-            check_writable(self.checkpoint_path)  # a read-only folder found now, not after an interval's work
-        checkpoint = None if resume is None else load_checkpoint(resume, map_location=device)
+            sharding.check_checkpoint_path(self.checkpoint_path)  # found now, not after an interval's work
+        checkpoint = None if resume is None else sharding.load_state(resume, num_inducing, map_location=device)
         ann_was_training = self.ann.training
         self.ann.eval()
         try:
             num_heads = self._check_ann(train_dataset, device, inducing_dataset)
-            run = self._start(train_dataset, inducing_dataset, num_inducing, num_heads, device, checkpoint)
-            self._train(run, train_dataset, inducing_dataset, num_train, device)
+            input_shape = take_inputs(train_dataset, torch.arange(1)).shape[1:]
+            state = self._start(input_shape, inducing_dataset, num_inducing, num_heads, device, sharding, checkpoint)
+            data = LoopData(train_dataset, inducing_dataset, num_train, input_shape, device, self._ann_outputs)
+
+            def save(state: TrainingState) -> None:
+                assert self.checkpoint_path is not None
+                payload = {"format": CHECKPOINT_FORMAT, "config": self._run_config(num_inducing, num_heads)}
+                payload.update(state.state_dict())
+                sharding.save_state(
+                    self.checkpoint_path, payload, state.row_entries(), num_rows=num_inducing, step=state.step
+                )
+
+            run_training(state, self._loop_settings(), data, sharding, save)
         finally:
             self.ann.train(ann_was_training)
-        run.model.eval()
+        state.model.eval()
         self.final_refresh_ = None
         if self.final_refresh:
-            batches = (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size))
-            self.final_refresh_ = self._refresh_cache(run.model, batches)
-        self.model_ = run.model
-        self.history_ = run.history
+            kernel = state.model.covar_module
+            batches = (
+                take_inputs(inducing_dataset, rows).to(device)
+                for rows in kernel.local_indices().split(self.fill_batch_size)
+            )
+            self.final_refresh_ = self._refresh_cache(state.model, batches)
+        self.model_ = state.model
+        self.history_ = state.history
+        self.communication_ = sharding.communication()
         return self
 
     @torch.no_grad()
@@ -422,61 +388,93 @@ class Distiller:
             )
         return network
 
-    def _inducing_values(self, dataset: Dataset, device: torch.device) -> Tensor:
+    def _sharding(self) -> Sharding:
+        if self.sharding is not None:
+            sharding = self.sharding
+        elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError(
+                f"sharding: torch.distributed is initialised with {dist.get_world_size()} ranks; pass "
+                "sharding=gpex_gpytorch.distributed.TorchDistributed() to split the inducing cache over them (or use "
+                "DistributedDistiller), or sharding=gpex_gpytorch.kernels.SingleProcess() to fit a whole copy on "
+                "every rank"
+            )
+        else:
+            sharding = SingleProcess()
+        sharding.setup()
+        sharding.check_batch_size(self.batch_size)
+        return sharding
+
+    def _loop_settings(self) -> LoopSettings:
+        return LoopSettings(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            inducing_batch_size=self.inducing_batch_size,
+            refresh_batch_size=self.refresh_batch_size or self.inducing_batch_size,
+            mix=self.mix,
+            beta=self.beta,
+            ann_noise=self.ann_noise,
+            detach_variance=self.detach_variance,
+            recompute_every=self.recompute_every,
+            eval_every=self.eval_every,
+            eval_size=self.eval_size,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def _inducing_values(self, dataset: Dataset, rows: Tensor, device: torch.device) -> Tensor:
+        """The network's outputs on the inducing rows ``rows`` (those this process holds)."""
         chunks = []
-        for start_batch in progress_bar(
-            iterate_inputs(dataset, self.fill_batch_size),
-            total=-(-dataset_length(dataset, "inducing_dataset") // self.fill_batch_size),
+        for batch_rows in progress_bar(
+            rows.split(self.fill_batch_size),
             desc="ANN on the inducing set",
             progress=self.progress,
         ):
-            chunks.append(self._ann_outputs(start_batch.to(device)).float())
+            chunks.append(self._ann_outputs(take_inputs(dataset, batch_rows).to(device)).float())
         values = torch.cat(chunks)
         bad = ~torch.isfinite(values).all(1)
         if bool(bad.any()):
             raise FloatingPointError(
-                f"ann: non-finite outputs on inducing_dataset at indices {bad.nonzero().flatten()[:10].tolist()}"
+                f"ann: non-finite outputs on inducing_dataset at indices {rows[bad.cpu()][:10].tolist()}"
             )
         return values
 
     def _start(
         self,
-        train_dataset: Dataset,
+        input_shape: torch.Size,
         inducing_dataset: Dataset,
         num_inducing: int,
         num_heads: int,
         device: torch.device,
+        sharding: Sharding,
         checkpoint: dict[str, Any] | None,
-    ) -> _Run:
-        input_shape = take_inputs(train_dataset, torch.arange(1)).shape[1:]
+    ) -> TrainingState:
         network = self._kernel_network(input_shape, num_heads, device)
         kernel = CachedDeepKernel(
-            network, num_inducing, num_heads, self.embedding_dim, embedding_dtype=self.embedding_dtype, device=device
+            network,
+            num_inducing,
+            num_heads,
+            self.embedding_dim,
+            embedding_dtype=self.embedding_dtype,
+            device=device,
+            sharding=sharding,
         )
-        generator = torch.Generator().manual_seed(self.seed)
         if checkpoint is None:
-            values = self._inducing_values(inducing_dataset, device)
+            rows = kernel.local_indices()
+            values = self._inducing_values(inducing_dataset, rows, device)
             kernel.fill(  # a new cache has nothing to protect: no staging copy
-                (batch.to(device) for batch in iterate_inputs(inducing_dataset, self.fill_batch_size)),
+                (take_inputs(inducing_dataset, r).to(device) for r in rows.split(self.fill_batch_size)),
                 progress=resolve_progress(self.progress),
                 staged=False,
             )
         else:
             self._check_checkpoint(checkpoint, num_inducing, num_heads)
-            values = checkpoint["model"]["variational_strategy.kernel.inducing_values"]
+            values = None  # loaded with the rest of the model's state
         model = GPEXModel(kernel, values, noise=self.noise, learn_noise=self.learn_noise).to(device)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
-        run = _Run(model, optimizer, generator, _Sweep(num_inducing, generator), _Sweep(num_inducing, generator), 0, [])
+        state = TrainingState.start(model, self.lr, self.seed)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            generator.set_state(checkpoint["generator"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            run.fresh_sweep.load(checkpoint["fresh_sweep"])
-            run.refresh_sweep.load(checkpoint["refresh_sweep"])
-            run.step = int(checkpoint["step"])
-            run.history = list(checkpoint["history"])
-        return run
+            state.load_state_dict(checkpoint)
+        return state
 
     # Settings that do not change the trajectory of a resumed run (how long, where, what is shown).
     _RESUMABLE_CHANGES = (
@@ -487,11 +485,8 @@ class Distiller:
         "device",
         "progress",
         "final_refresh",
+        "sharding",
     )
-    _CHECKPOINT_KEYS = (
-        "format", "config", "step", "model", "optimizer", "generator", "torch_rng", "fresh_sweep", "refresh_sweep",
-        "history",
-    )  # fmt: skip
 
     def _config(self) -> dict[str, Any]:
         """Every setting that shapes the run, as plain values (a resumed run must use the same)."""
@@ -509,15 +504,17 @@ class Distiller:
         )
         return config
 
-    def _check_checkpoint(
-        self, checkpoint: dict[str, Any], num_inducing: int, num_heads: int, required: tuple[str, ...] | None = None
-    ) -> None:
+    def _run_config(self, num_inducing: int, num_heads: int) -> dict[str, Any]:
+        return {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads}
+
+    def _check_checkpoint(self, checkpoint: dict[str, Any], num_inducing: int, num_heads: int) -> None:
         """Reject a checkpoint of another format, one missing entries, or one written with other settings."""
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"resume: expected a checkpoint of format {CHECKPOINT_FORMAT}, got {checkpoint.get('format')}"
             )
-        missing = [k for k in (self._CHECKPOINT_KEYS if required is None else required) if k not in checkpoint]
+        required = ("format", "config", *(k for k in STATE_KEYS if k not in OPTIONAL_STATE_KEYS))
+        missing = [k for k in required if k not in checkpoint]
         if missing:
             raise ValueError(f"resume: the checkpoint lacks the entries {missing}; it was not written by a Distiller")
         step = checkpoint["step"]
@@ -525,7 +522,7 @@ class Distiller:
             raise ValueError(f"resume: the checkpoint's step must be an integer >= 0, got {step!r}")
         if step > self.steps:
             raise ValueError(f"steps: the checkpoint is at step {step}, beyond steps={self.steps}")
-        expected = {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads}
+        expected = self._run_config(num_inducing, num_heads)
         saved = checkpoint["config"]
         if not isinstance(saved, dict):
             raise ValueError(f"resume: the checkpoint's config must be a dict, got {type(saved).__name__}")
@@ -537,147 +534,6 @@ class Distiller:
                 for k, (a, b) in mismatched.items()
             )
             raise ValueError(f"resume: the checkpoint was written with other settings ({details})")
-
-    def _save(self, run: _Run, num_inducing: int, num_heads: int) -> None:
-        assert self.checkpoint_path is not None
-        save_checkpoint(
-            self.checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": {**self._config(), "num_inducing": num_inducing, "num_heads": num_heads},
-                "step": run.step,
-                "model": run.model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "generator": run.generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "fresh_sweep": run.fresh_sweep.state(),
-                "refresh_sweep": run.refresh_sweep.state(),
-                "history": run.history,
-            },
-        )
-
-    # ------------------------------------------------------------------ the loop
-    def _eval_indices(self, num_train: int) -> tuple[Tensor, Tensor, torch.Generator]:
-        # Its own generator: the held-out batch does not depend on (or perturb) the run's draws.
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        i1 = torch.randint(num_train, (self.eval_size,), generator=generator)
-        i2 = torch.randint(num_train, (self.eval_size,), generator=generator)
-        return i1, i2, generator
-
-    def _eval_batch(self, dataset: Dataset, num_train: int, device: torch.device) -> Tensor:
-        i1, i2, generator = self._eval_indices(num_train)
-        return mix_inputs(take_inputs(dataset, i1), take_inputs(dataset, i2), generator).to(device)
-
-    def _check_eval_outputs(self, eval_ann: Tensor, num_train: int, step: int) -> None:
-        """Stop at a report step if the network is not finite on the held-out batch (it would give a NaN Pearson)."""
-        bad = nonfinite_rows(eval_ann).cpu()
-        if bad.numel():
-            i1, i2, _ = self._eval_indices(num_train)
-            raise FloatingPointError(
-                f"step {step}: ann produced non-finite outputs on the evaluation batch, for mixes of training "
-                f"indices {i1[bad].tolist()[:10]} with {i2[bad].tolist()[:10]}"
-            )
-
-    def _train(
-        self, run: _Run, train_dataset: Dataset, inducing_dataset: Dataset, num_train: int, device: torch.device
-    ) -> None:
-        model, kernel = run.model, run.model.covar_module
-        mll = ANNMatchingELBO(
-            None,
-            model,
-            num_data=num_train,
-            beta=self.beta,
-            ann_noise=self.ann_noise,
-            detach_variance=self.detach_variance,
-        )
-        eval_x = self._eval_batch(train_dataset, num_train, device)
-        eval_ann = self._ann_outputs(eval_x)
-        refresh_size = self.refresh_batch_size or self.inducing_batch_size
-        model.train()
-        bar = progress_bar(total=self.steps, initial=run.step, desc="distilling", progress=self.progress)
-        start_time = time.perf_counter()
-        while run.step < self.steps:
-            step = run.step + 1
-            i1 = torch.randint(num_train, (self.batch_size,), generator=run.generator)
-            x = take_inputs(train_dataset, i1)
-            if self.mix:
-                i2 = torch.randint(num_train, (self.batch_size,), generator=run.generator)
-                x = mix_inputs(x, take_inputs(train_dataset, i2), run.generator)
-            x = x.to(device)
-            target = self._ann_outputs(x)
-            bad = ~torch.isfinite(target).all(1)
-            if bool(bad.any()):
-                raise FloatingPointError(
-                    f"step {step}: ann produced non-finite outputs for training indices "
-                    f"{i1[bad.cpu()].tolist()}" + (f" mixed with {i2[bad.cpu()].tolist()}" if self.mix else "")
-                )
-            fresh = run.fresh_sweep.next(self.inducing_batch_size, run.generator)
-            try:
-                output = model(x, fresh_indices=fresh, fresh_inputs=take_inputs(inducing_dataset, fresh).to(device))
-            except NonFiniteError as error:  # the kernel network's embedding of fresh inducing rows
-                raise FloatingPointError(f"step {step}: {error}") from error
-            loss = -mll(output, target.to(output.mean.dtype))
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(
-                    f"step {step}: non-finite loss; {self._culprits(output, i1, i2 if self.mix else None)}"
-                )
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            rows = run.refresh_sweep.next(refresh_size, run.generator)
-            try:
-                kernel.refresh(rows, take_inputs(inducing_dataset, rows).to(device))
-            except NonFiniteError as error:
-                raise FloatingPointError(f"step {step}: refreshing inducing rows failed: {error}") from error
-            if self.recompute_every is not None and step % self.recompute_every == 0:
-                kernel.recompute_statistics()
-            run.step = step
-            record: dict[str, float] = {"step": float(step), "loss": float(loss.detach())}
-            if step % self.eval_every == 0 or step == self.steps:
-                self._check_eval_outputs(eval_ann, num_train, step)
-                record.update(self._evaluate(run, eval_x, eval_ann, inducing_dataset, device))
-                record["seconds"] = time.perf_counter() - start_time
-                bar.set_postfix(
-                    loss=f"{record['loss']:.3g}",
-                    pearson=f"{record['pearson']:.4f}",
-                    stale=f"{record['staleness']:.3g}",
-                    refresh=False,
-                )
-            run.history.append(record)
-            bar.update(1)
-            # The last step is always saved, whether or not checkpoint_every divides steps.
-            if self.checkpoint_every is not None and (step % self.checkpoint_every == 0 or step == self.steps):
-                self._save(run, kernel.num_inducing, kernel.num_heads)
-        bar.close()
-
-    @staticmethod
-    def _culprits(output: MultitaskMultivariateNormal, i1: Tensor, i2: Tensor | None) -> str:
-        """Which training indices made the loss non-finite (their GP mean or variance is NaN/inf)."""
-        with torch.no_grad():
-            bad = nonfinite_rows(torch.stack([output.mean, output.variance]), 1).cpu()
-        if not bad.numel():
-            return "the GP means and variances are finite: a variance underflowed or the KL term is not (raise noise)"
-        shown = f"training indices {i1[bad].tolist()[:10]}"
-        if i2 is not None:
-            shown += f" mixed with {i2[bad].tolist()[:10]}"
-        return f"the kernel network's embeddings (GP mean or variance) are not finite for {shown}"
-
-    def _evaluate(
-        self, run: _Run, eval_x: Tensor, eval_ann: Tensor, inducing_dataset: Dataset, device: torch.device
-    ) -> dict[str, float]:
-        model, kernel = run.model, run.model.covar_module
-        mean, _ = model.predict(eval_x)
-        corr = pearson_per_head(mean, eval_ann)
-        # Staleness on a sample drawn from a generator of its own (keeps the run's draws unchanged).
-        generator = torch.Generator().manual_seed(self.seed + run.step)
-        rows = torch.randint(kernel.num_inducing, (256,), generator=generator).unique()
-        staleness = kernel.staleness(rows, take_inputs(inducing_dataset, rows).to(device))
-        valid = corr[~corr.isnan()]
-        return {
-            "pearson": float(valid.mean()) if valid.numel() else float("nan"),
-            "pearson_min": float(valid.min()) if valid.numel() else float("nan"),
-            "staleness": staleness,
-        }
 
 
 def distill(

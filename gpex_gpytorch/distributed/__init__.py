@@ -14,6 +14,7 @@ from .process_group import destroy_distributed, init_distributed
 from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
 from .sharded_training import DistributedDistiller
 from .sharding import ShardLayout
+from .torch_distributed import TorchDistributed
 
 __all__ = [
     "CommunicationMeter",
@@ -22,6 +23,7 @@ __all__ = [
     "ShardLayout",
     "ShardedCachedDeepKernel",
     "ShardedCheckpoint",
+    "TorchDistributed",
     "all_reduce_sum",
     "counting_allreduce_hook",
     "destroy_distributed",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +12,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..distillation.checkpointing import load_checkpoint, save_checkpoint
+from ..kernels import CachedDeepKernel
+from ..kernels.shard_layout import ShardLayout
+from ..utils.checkpoint_files import load_checkpoint, save_checkpoint, write_json_atomically
 from .communication import collective_errors
-from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
-from .sharding import ShardLayout
 
-__all__ = ["ShardedCheckpoint", "load_sharded_checkpoint", "save_sharded_checkpoint"]
+__all__ = [
+    "ShardedCheckpoint",
+    "load_sharded_checkpoint",
+    "row_entries",
+    "save_sharded_checkpoint",
+    "write_sharded_state",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "gpex-sharded-1"
@@ -44,35 +48,19 @@ class ShardedCheckpoint:
     manifest: dict[str, Any]
 
 
-def _sharded_keys(state: dict[str, Tensor], kernel_prefix: str) -> dict[str, int]:
-    return {kernel_prefix + name: dim for name, dim in _SHARDED_BUFFERS.items() if kernel_prefix + name in state}
-
-
-def _kernel_prefix(model: nn.Module, kernel: ShardedCachedDeepKernel) -> str:
+def row_entries(model: nn.Module, kernel: CachedDeepKernel) -> dict[str, int]:
+    """The keys of ``model.state_dict()`` that hold ``kernel``'s inducing rows, with the dimension of their rows."""
     for name, module in model.named_modules():
         if module is kernel:
-            return f"{name}." if name else ""
+            prefix = f"{name}." if name else ""
+            return {prefix + buffer: dim for buffer, dim in _SHARDED_BUFFERS.items()}
     raise ValueError("kernel: expected a sub-module of model")
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def save_sharded_checkpoint(
     directory: str | Path,
     model: nn.Module,
-    kernel: ShardedCachedDeepKernel,
+    kernel: CachedDeepKernel,
     extra: dict[str, Any],
     *,
     step: int,
@@ -91,23 +79,51 @@ def save_sharded_checkpoint(
 
     :param directory: the checkpoint folder.
     :param model: the model owning ``kernel`` (its ``state_dict`` is saved).
-    :param kernel: the sharded kernel (gives the rank, the layout and the process group).
+    :param kernel: the kernel sharded by :class:`~gpex_gpytorch.distributed.TorchDistributed` (gives the
+        rank, the layout and the process group).
     :param extra: replicated state to save with it (identical on every rank; rank 0's is written).
     :param step: the training step (names the sub-folder).
     :param keep: how many complete steps to keep on disk.
     :returns: the sub-folder written.
     """
-    if not isinstance(kernel, ShardedCachedDeepKernel):
-        raise TypeError(f"kernel: expected a ShardedCachedDeepKernel, got {type(kernel).__name__}")
+    if not isinstance(kernel, CachedDeepKernel) or not hasattr(kernel.sharding, "process_group"):
+        raise TypeError(
+            f"kernel: expected a CachedDeepKernel sharded by TorchDistributed (a ShardedCachedDeepKernel), got "
+            f"{type(kernel).__name__}"
+        )
+    state = {**extra, "model": model.state_dict()}
+    group = kernel.sharding.process_group
+    return write_sharded_state(directory, state, row_entries(model, kernel), kernel.layout, group, step=step, keep=keep)
+
+
+def write_sharded_state(
+    directory: str | Path,
+    state: dict[str, Any],
+    rows: dict[str, int],
+    layout: ShardLayout,
+    group: dist.ProcessGroup,
+    *,
+    step: int,
+    keep: int = 1,
+) -> Path:
+    """Write a training state whose ``state["model"]`` entries ``rows`` are split by rows over the ranks.
+
+    The generic writer behind :func:`save_sharded_checkpoint` and ``TorchDistributed.save_state``
+    (collective; the layout on disk is described there).
+
+    :param rows: keys of ``state["model"]`` holding this rank's inducing rows, with the dimension of their rows.
+    :param layout: the split of the inducing rows over the ranks of ``group``.
+    :param group: the process group the ranks write from.
+    """
     directory = Path(directory)
     folder = directory / f"step-{step:08d}"
-    layout, rank, group = kernel.layout, kernel.rank, kernel.process_group
-    state = model.state_dict()
-    sharded = _sharded_keys(state, _kernel_prefix(model, kernel))
+    rank = dist.get_rank(group)
+    model_state = state["model"]
     name = f"shard-{rank:05d}-of-{layout.world_size:05d}.pt"
-    save_checkpoint(folder / name, {"format": FORMAT, "rank": rank, **{k: state[k] for k in sharded}})
+    save_checkpoint(folder / name, {"format": FORMAT, "rank": rank, **{k: model_state[k] for k in rows}})
     if rank == 0:
-        replicated = {k: v for k, v in state.items() if k not in sharded}
+        replicated = {k: v for k, v in model_state.items() if k not in rows}
+        extra = {k: v for k, v in state.items() if k != "model"}
         save_checkpoint(folder / "replicated.pt", {"format": FORMAT, "model": replicated, "extra": extra})
     with collective_errors("the checkpoint barrier (every shard written)", group):
         dist.barrier(group=group)  # every shard is on disk before the manifest names it
@@ -118,7 +134,7 @@ def save_sharded_checkpoint(
             "folder": folder.name,
             "num_inducing": layout.num_rows,
             "world_size": layout.world_size,
-            "sharded_keys": sharded,
+            "sharded_keys": rows,
             "shards": [
                 {
                     "rank": r,
@@ -129,7 +145,7 @@ def save_sharded_checkpoint(
                 for r in range(layout.world_size)
             ],
         }
-        _write_json_atomically(directory / MANIFEST, manifest)
+        write_json_atomically(directory / MANIFEST, manifest)
         steps = sorted(p for p in directory.glob("step-*") if p.is_dir())
         for old in steps[: max(0, len(steps) - keep)]:
             if old != folder:

@@ -10,7 +10,7 @@ from ..explain.kernel_similarity import DEFAULT_METRIC
 from ..explain.nearest_neighbours import Neighbours, nearest_neighbours
 from ..models.gpex_model import GPEXModel
 from .communication import DistributedStepError
-from .sharded_cached_deep_kernel import ShardedCachedDeepKernel
+from .torch_distributed import TorchDistributed
 
 __all__ = ["sharded_nearest_neighbours"]
 
@@ -43,8 +43,12 @@ def sharded_nearest_neighbours(
     :param query_batch_size: queries scored at a time.
     """
     kernel = model.covar_module
-    if not isinstance(kernel, ShardedCachedDeepKernel):
-        raise TypeError(f"model: expected a model over a ShardedCachedDeepKernel, got {type(kernel).__name__}")
+    if not isinstance(getattr(kernel, "sharding", None), TorchDistributed):
+        raise TypeError(
+            f"model: expected a model over a CachedDeepKernel sharded by TorchDistributed (a ShardedCachedDeepKernel), "
+            f"got {type(kernel).__name__}"
+        )
+    sharding: TorchDistributed = kernel.sharding
     # Hubness is judged on the merged lists, not on one shard's.
     local = nearest_neighbours(
         model,
@@ -57,7 +61,7 @@ def sharded_nearest_neighbours(
         hub_warning=None,
     )
     indices = local.indices + kernel.shard_start
-    group, world = kernel.process_group, kernel.world_size
+    group, world = sharding.process_group, kernel.world_size
     # Pad to k so that every rank gathers the same shape (a shard may hold fewer than k rows).
     pad = k - indices.shape[1]
     scores = torch.nn.functional.pad(local.similarities, (0, pad), value=float("-inf"))
@@ -68,7 +72,7 @@ def sharded_nearest_neighbours(
     vals = [torch.empty_like(values) for _ in range(world)]
     try:
         for tensor, out in ((scores, sims), (indices, idxs), (values, vals)):
-            kernel.communication.record(tensor)
+            sharding.meters["statistics"].record(tensor)
             dist.all_gather(out, tensor.contiguous(), group=group)
     except RuntimeError as error:
         raise DistributedStepError(f"rank {kernel.rank}: gathering the per-rank neighbours failed: {error}") from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from gpytorch.kernels import Kernel
@@ -20,6 +21,8 @@ from ..utils import (
     check_tensor,
     nonfinite_rows,
 )
+from .shard_layout import ShardLayout
+from .sharding import Sharding, SingleProcess
 
 __all__ = ["CachedDeepKernel", "InducingStatistics"]
 
@@ -63,6 +66,14 @@ class CachedDeepKernel(Kernel):
     :param device: where to allocate the cache (allocate a million-row cache directly on the GPU
         rather than moving it there).
     :param force_allocation: skip the check that the cache fits in the available memory.
+    :param sharding: which rows of the inducing set this process holds and how the statistics are
+        summed (:class:`~gpex_gpytorch.kernels.Sharding`; default one process holding every row).
+        Under ``gpex_gpytorch.distributed.TorchDistributed`` the buffers :attr:`embeddings`
+        ``(H, M_r, D)`` and :attr:`inducing_values` ``(M_r, H)`` hold this rank's contiguous rows
+        ``[shard_start, shard_stop)`` only, while ``G``, ``b`` and ``VᵀV`` are global and identical on
+        every rank; row indices in the API are global, and the calls that change or read the whole
+        cache are collective. The strategy's ``prior_distribution`` (which materialises ``U``) then
+        sees the local rows only.
     """
 
     has_lengthscale = False
@@ -78,8 +89,11 @@ class CachedDeepKernel(Kernel):
         statistics_dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         force_allocation: bool = False,
+        sharding: Sharding | None = None,
         **kwargs: object,
     ) -> None:
+        if sharding is not None and not isinstance(sharding, Sharding):
+            raise TypeError(f"sharding: expected a gpex_gpytorch.kernels.Sharding, got {type(sharding).__name__}")
         if not isinstance(feature_extractor, nn.Module):
             raise TypeError(f"feature_extractor: expected a torch.nn.Module, got {type(feature_extractor).__name__}")
         for name, value in (
@@ -93,9 +107,13 @@ class CachedDeepKernel(Kernel):
             raise TypeError(f"embedding_dtype: expected a floating-point dtype, got {embedding_dtype}")
         if not statistics_dtype.is_floating_point:
             raise TypeError(f"statistics_dtype: expected a floating-point dtype, got {statistics_dtype}")
+        sharding = SingleProcess() if sharding is None else sharding
+        sharding.setup()
+        layout = sharding.layout(num_inducing)
+        local = layout.size(sharding.rank)  # the rows held here (all of them for one process)
         itemsize = torch.empty((), dtype=embedding_dtype).element_size()
         check_allocation(
-            num_heads * num_inducing * embedding_dim * itemsize + num_inducing * num_heads * 4,
+            num_heads * local * embedding_dim * itemsize + local * num_heads * 4,
             device,
             f"the inducing cache ({num_heads} heads x {num_inducing} inducing x {embedding_dim} dims, "
             f"{embedding_dtype})",
@@ -116,20 +134,23 @@ class CachedDeepKernel(Kernel):
         kwargs.pop("batch_shape", None)
         super().__init__(batch_shape=torch.Size([num_heads]), **kwargs)
         self.feature_extractor = feature_extractor
+        self.sharding = sharding
+        self.layout: ShardLayout = layout
+        # The global M: index checks and the posterior's formulas (the KL's (M - D) log σ²) use it.
         self.num_inducing = num_inducing
         self.num_heads = num_heads
         self.embedding_dim = embedding_dim
-        # shape: (H, M, D)
+        # shape: (H, M_r, D)
         self.register_buffer(
-            "embeddings", torch.zeros(num_heads, num_inducing, embedding_dim, dtype=embedding_dtype, device=device)
+            "embeddings", torch.zeros(num_heads, local, embedding_dim, dtype=embedding_dtype, device=device)
         )
         # shape: (H, D, D)
         self.register_buffer(
             "gram", torch.zeros(num_heads, embedding_dim, embedding_dim, dtype=statistics_dtype, device=device)
         )
         # Set by set_inducing_values; `values_set` records whether they were.
-        # shape: (M, H)
-        self.register_buffer("inducing_values", torch.zeros(num_inducing, num_heads, device=device))
+        # shape: (M_r, H)
+        self.register_buffer("inducing_values", torch.zeros(local, num_heads, device=device))
         self.register_buffer("values_set", torch.tensor(False, device=device))
         # shape: (H, D)
         self.register_buffer("cross", torch.zeros(num_heads, embedding_dim, dtype=statistics_dtype, device=device))
@@ -151,12 +172,62 @@ class CachedDeepKernel(Kernel):
     def is_stationary(self) -> bool:
         return False
 
+    @property
+    def num_local_inducing(self) -> int:
+        """``M_r``, the rows this process holds (``M`` for one process)."""
+        return self.embeddings.shape[1]
+
+    @property
+    def rank(self) -> int:
+        """This process's rank under :attr:`sharding` (0 for one process)."""
+        return self.sharding.rank
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes sharing the cache."""
+        return self.layout.world_size
+
+    @property
+    def shard_start(self) -> int:
+        """First global row held here."""
+        return self.layout.start(self.rank)
+
+    @property
+    def shard_stop(self) -> int:
+        """One past the last global row held here."""
+        return self.layout.stop(self.rank)
+
+    def local_part(self, indices: Tensor) -> Tensor:
+        """The entries of ``indices`` (global rows) held here, in their order (all of them for one process)."""
+        return self.layout.local_part(indices, self.rank)
+
+    def local_indices(self) -> Tensor:
+        """The global indices of the rows held here, in cache order."""
+        return torch.arange(self.shard_start, self.shard_stop)
+
     # ------------------------------------------------------------------ embeddings
+    def data_parallel(self, **kwargs: Any) -> nn.Module | None:
+        """Wrap the kernel network for data-parallel training under :attr:`sharding` (``None``: nothing to wrap).
+
+        Embeddings with gradient then go through the wrapper; those without (refreshes,
+        evaluation) bypass it, so they need no collective.
+
+        :param kwargs: passed to the policy's wrapper (e.g. ``device_ids`` of ``DistributedDataParallel``).
+        """
+        wrapped = self.sharding.data_parallel(self.feature_extractor, **kwargs)
+        # Not a sub-module: state_dict keys stay those of the unwrapped network.
+        object.__setattr__(self, "_data_parallel", wrapped)
+        return wrapped
+
     def embed(self, x: Tensor) -> Tensor:
-        """Embed a batch with gradient: ``(H, N, D)``."""
+        """Embed a batch with gradient: ``(H, N, D)`` (through :meth:`data_parallel`'s wrapper when set)."""
         self._check_device("x", x)
+        wrapped = self.__dict__.get("_data_parallel")
+        network = wrapped if wrapped is not None and torch.is_grad_enabled() else self.feature_extractor
         try:
-            features = self.feature_extractor(x)
+            # A data-parallel forward starts with collectives of its own (its bucket rebuild).
+            with self.sharding.collectives("the kernel network's data-parallel forward", mixed=True):
+                features = network(x)
         except (RuntimeError, TypeError, ValueError) as error:
             # The network's own error (e.g. a shape mismatch) does not say which call fed it what.
             received = f"shape {tuple(x.shape)}, dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
@@ -197,13 +268,43 @@ class CachedDeepKernel(Kernel):
         check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
         return new
 
+    def _local_rows(self, indices: Tensor, name: str, *, unique: bool = True) -> Tensor:
+        """Global row indices -> positions in this process's buffers.
+
+        Under several processes each passes only the rows it holds (possibly none: an empty tensor).
+        """
+        if self.world_size > 1 and isinstance(indices, Tensor) and indices.dim() == 1 and indices.numel() == 0:
+            return torch.empty(0, dtype=torch.long, device=self.embeddings.device)
+        idx = check_index_tensor(name, indices, self.num_inducing, unique=unique)
+        if self.world_size > 1:
+            start, stop = self.shard_start, self.shard_stop
+            outside = (idx < start) | (idx >= stop)
+            if bool(outside.any()):
+                stray = idx[outside][:5]
+                raise ValueError(
+                    f"{name}: rank {self.rank} holds the global rows [{start}, {stop}); got {stray.tolist()} "
+                    f"(held by ranks {self.layout.owners(stray).tolist()}); pass only this rank's rows "
+                    "(kernel.local_part(indices))"
+                )
+            idx = idx - start
+        return idx.to(self.embeddings.device)
+
     # ------------------------------------------------------------------ the cache
     def set_inducing_values(self, values: Tensor) -> None:
-        """Attach the inducing values ``V`` (``(M, H)``: the network's outputs on the inducing set).
+        """Attach the inducing values ``V``: ``(M, H)``, the network's outputs on the inducing set.
 
-        Computes :math:`b = U^\\top V` and :math:`V^\\top V` exactly (one :math:`O(MHD)` pass).
+        Under several processes the global ``(M, H)`` (each keeps its rows) or this process's
+        ``(M_r, H)`` is accepted. Computes :math:`b = U^\top V` and :math:`V^\top V` exactly (one
+        :math:`O(MHD)` pass; collective).
         """
-        check_tensor("inducing_values", values, shape=(self.num_inducing, self.num_heads), floating=True, finite=True)
+        local = self.num_local_inducing
+        if self.world_size == 1 or not isinstance(values, Tensor) or values.shape[:1] != (local,):
+            check_tensor(
+                "inducing_values", values, shape=(self.num_inducing, self.num_heads), floating=True, finite=True
+            )
+            values = values[self.shard_start : self.shard_stop]
+        else:
+            check_tensor("inducing_values", values, shape=(local, self.num_heads), floating=True, finite=True)
         values = values.detach().to(device=self.embeddings.device, dtype=self.inducing_values.dtype)
         # Finite in float64 is not finite in float32: values beyond float32's range would become inf.
         check_finite_rows("inducing_values (after conversion to the cache's dtype)", values, 0)
@@ -211,16 +312,47 @@ class CachedDeepKernel(Kernel):
         self.values_set.fill_(True)
         self.recompute_statistics()
 
+    def _deltas(self, idx: Tensor, new: Tensor | None) -> list[Tensor]:
+        """``[ΔG, Δb]`` (``Δb`` with inducing values only) of replacing the local rows ``idx`` by ``new``.
+
+        ``new`` is ``None`` when this process has no rows in the call (zeros: it still joins the sum).
+        """
+        stats_dtype = self.statistics_dtype
+        if new is None:
+            parts = [torch.zeros_like(self.gram)]
+            if self.has_inducing_values:
+                parts.append(torch.zeros_like(self.cross))
+            return parts
+        fresh = new.to(stats_dtype)  # shape: (H, b, D)
+        old = self.embeddings[:, idx].to(stats_dtype)  # shape: (H, b, D)
+        parts = [fresh.mT @ fresh - old.mT @ old]
+        if self.has_inducing_values:
+            v = self.inducing_values[idx].T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
+            parts.append(((fresh - old) * v).sum(-2))
+        return parts
+
     @torch.no_grad()
     def refresh(self, indices: Tensor, inputs: Tensor) -> None:
         """Recompute the cached rows ``indices`` from ``inputs`` (no gradient) and update ``G``, ``b``.
 
-        :param indices: ``(b,)`` distinct row indices into the inducing set.
+        Under several processes each passes the rows it holds (possibly none); the deltas are summed
+        by one reduction of ``H*D*D + H*D`` numbers (collective).
+
+        :param indices: ``(b,)`` distinct global row indices into the inducing set.
         :param inputs: the inducing inputs of those rows, in the same order.
         """
-        idx = check_index_tensor("indices", indices, self.num_inducing).to(self.embeddings.device)
-        new = self._embed_checked(inputs, idx.numel(), "inputs", idx)
-        self._write_rows(idx, self._stored("inputs", new, idx))
+        idx = self._local_rows(indices, "indices")
+        stored = None
+        if idx.numel():
+            new = self._embed_checked(inputs, idx.numel(), "inputs", idx + self.shard_start)
+            # The statistics must describe what is stored (rounded to embedding_dtype), not `new`.
+            stored = self._stored("inputs", new, idx + self.shard_start)
+        parts = self.sharding.sum(self._deltas(idx, stored), "the all-reduce of a refresh")
+        self.gram.add_(parts[0])
+        if self.has_inducing_values:
+            self.cross.add_(parts[1])
+        if stored is not None:
+            self.embeddings[:, idx] = stored
 
     def _stored(self, name: str, new: Tensor, rows: Tensor) -> Tensor:
         """``new`` rounded to ``embedding_dtype``, rejecting rows that overflow it (finite before, inf after)."""
@@ -236,18 +368,6 @@ class CachedDeepKernel(Kernel):
             )
         return stored
 
-    def _write_rows(self, idx: Tensor, stored: Tensor) -> None:
-        """Replace the rows ``idx`` by ``stored`` (already in ``embedding_dtype``) and update ``G``, ``b``."""
-        stats_dtype = self.statistics_dtype
-        # The statistics must describe what is stored (rounded to embedding_dtype), not `new`.
-        fresh = stored.to(stats_dtype)  # shape: (H, b, D)
-        old = self.embeddings[:, idx].to(stats_dtype)  # shape: (H, b, D)
-        self.gram.add_(fresh.mT @ fresh - old.mT @ old)
-        if self.has_inducing_values:
-            v = self.inducing_values[idx].T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
-            self.cross.add_(((fresh - old) * v).sum(-2))
-        self.embeddings[:, idx] = stored
-
     @torch.no_grad()
     def fill(
         self,
@@ -260,7 +380,7 @@ class CachedDeepKernel(Kernel):
         """Compute every row of the cache, in order, without gradient (the initial sweep).
 
         With ``staged=True`` (the default) it is all or nothing: the rows are computed into a
-        staging copy and committed, with ``G`` and ``b`` recomputed, only once all ``M`` rows are in
+        staging copy and committed, with ``G`` and ``b`` recomputed, only once all rows are in
         and finite (after rounding to ``embedding_dtype``). A failure — a NaN or an overflow in any
         batch, an iterable yielding too few or too many rows, the kernel network raising — leaves
         the cache and its statistics exactly as they were. The staging copy needs as much memory
@@ -269,113 +389,146 @@ class CachedDeepKernel(Kernel):
         failing batch hold the new embeddings, the others are unchanged, and ``G`` and ``b`` are
         recomputed to match what is stored.
 
-        :param inputs: all ``M`` inducing inputs as one tensor, or an iterable of batches of them in
-            index order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
+        Under several processes each fills the rows it holds and the statistics are summed
+        (collective: every process reaches the reduction, even one that failed).
+
+        :param inputs: all ``M`` inducing inputs as one tensor (a process keeps its rows), this
+            process's ``M_r`` of them, or an iterable of batches of this process's inputs in index
+            order (e.g. a non-shuffled ``DataLoader`` yielding input tensors).
         :param batch_size: rows per forward pass when ``inputs`` is a tensor.
+        :param progress: show a progress bar (on the main process only).
         :param staged: all-or-nothing through a staging copy (see above).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         if not isinstance(staged, bool):
             raise TypeError(f"staged: expected a bool, got {type(staged).__name__}")
+        local = self.num_local_inducing
         if isinstance(inputs, Tensor):
-            if inputs.dim() == 0 or inputs.shape[0] != self.num_inducing:
-                raise ValueError(
-                    f"inputs: expected {self.num_inducing} inducing inputs (num_inducing) along dimension 0, "
-                    f"got shape {tuple(inputs.shape)}"
-                )
+            if inputs.dim() and inputs.shape[0] == self.num_inducing:
+                inputs = inputs[self.shard_start : self.shard_stop]
+            elif inputs.dim() == 0 or inputs.shape[0] != local:
+                expected = f"{self.num_inducing} inducing inputs (num_inducing)"
+                if self.world_size > 1:
+                    expected += f" or rank {self.rank}'s {local}"
+                raise ValueError(f"inputs: expected {expected} along dimension 0, got shape {tuple(inputs.shape)}")
             self._check_device("inputs", inputs)
             batches: Iterable[Tensor] = inputs.split(batch_size)
-            total: int | None = -(-self.num_inducing // batch_size)
+            total: int | None = -(-local // batch_size)
         else:
             batches, total = inputs, None
-        target = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M, D)
-        start = 0
+        target = torch.empty_like(self.embeddings) if staged else self.embeddings  # shape: (H, M_r, D)
+        offset, start, complete = self.shard_start, 0, False
         try:
-            for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not progress):
+            show = progress and self.sharding.is_main
+            for batch in tqdm(batches, total=total, desc="filling inducing cache", disable=not show):
                 self._check_device(f"inputs[{start}:]", batch)
                 new = self.embed(batch)
                 stop = start + new.shape[1]
-                if stop > self.num_inducing:
-                    raise ValueError(f"inputs: yielded more than num_inducing={self.num_inducing} rows")
-                rows = torch.arange(start, stop)
-                name = f"inputs[{start}:{stop}]"
+                if stop > local:
+                    raise ValueError(f"inputs: yielded more than {self._rows_held()} rows")
+                rows = torch.arange(start, stop) + offset
+                name = f"inputs[{start + offset}:{stop + offset}]"
                 check_finite_rows(f"{name} (embeddings from feature_extractor)", new, 1, rows, "inducing rows")
                 target[:, start:stop] = self._stored(name, new, rows)
                 start = stop
-            if start != self.num_inducing:
-                raise ValueError(f"inputs: yielded {start} rows, expected num_inducing={self.num_inducing}")
-        except BaseException:
-            if not staged:  # keep G and b consistent with the rows now stored
+            if start != local:
+                raise ValueError(f"inputs: yielded {start} rows, expected {self._rows_held()}")
+            complete = True
+        finally:
+            if complete and staged:
+                self.embeddings.copy_(target)
+            # Statistics matching what is stored; a failed staged fill on one process changed nothing to match,
+            # but under several processes every one must still join the reduction.
+            if complete or not staged or self.world_size > 1:
                 self.recompute_statistics()
-            raise
-        if staged:
-            self.embeddings.copy_(target)
-        self.recompute_statistics()
+
+    def _rows_held(self) -> str:
+        if self.world_size == 1:
+            return f"num_inducing={self.num_inducing}"
+        return f"rank {self.rank}'s {self.num_local_inducing}"
 
     @torch.no_grad()
     def recompute_statistics(self, batch_size: int = 16384) -> None:
-        """Recompute ``G = UᵀU``, ``b = UᵀV`` and ``VᵀV`` exactly from the cache (:math:`O(MHD^2)`)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
-        gram, cross = self._exact_statistics(batch_size)
+        """Recompute ``G = UᵀU``, ``b = UᵀV`` and ``VᵀV`` exactly from the cache (:math:`O(MHD^2)`; collective)."""
+        gram, cross, values_sq = self._exact_statistics(batch_size)
         self.gram.copy_(gram)
-        if cross is not None:
+        if self.has_inducing_values:
             self.cross.copy_(cross)
-            self.values_sq.copy_(self.inducing_values.to(self.statistics_dtype).square().sum(0))
+            self.values_sq.copy_(values_sq)
 
-    def _exact_statistics(self, batch_size: int = 16384) -> tuple[Tensor, Tensor | None]:
-        gram = torch.zeros_like(self.gram)
-        cross = torch.zeros_like(self.cross) if self.has_inducing_values else None
-        for start in range(0, self.num_inducing, batch_size):
-            rows = self.embeddings[:, start : start + batch_size].to(self.statistics_dtype)
+    def _exact_statistics(self, batch_size: int = 16384) -> list[Tensor]:
+        """``[G, b, VᵀV]`` summed over the rows (and processes) from the cache; ``b`` is zero without values."""
+        check_positive_int("batch_size", batch_size)
+        stats_dtype = self.statistics_dtype
+        gram, cross = torch.zeros_like(self.gram), torch.zeros_like(self.cross)
+        for start in range(0, self.num_local_inducing, batch_size):
+            rows = self.embeddings[:, start : start + batch_size].to(stats_dtype)
             gram += rows.mT @ rows
-            if cross is not None:
-                v = self.inducing_values[start : start + batch_size].T.to(self.statistics_dtype)
+            if self.has_inducing_values:
+                v = self.inducing_values[start : start + batch_size].T.to(stats_dtype)
                 cross += torch.einsum("hmd,hm->hd", rows, v)
-        return gram, cross
+        values_sq = self.inducing_values.to(stats_dtype).square().sum(0)
+        return self.sharding.sum([gram, cross, values_sq], "the exact recompute")
 
     @torch.no_grad()
     def gram_drift(self) -> float:
         r"""Relative drift of the cached Gram, :math:`\max_l \|G_l - U_l^\top U_l\|_F / \|U_l^\top U_l\|_F`."""
-        exact, _ = self._exact_statistics()
+        exact = self._exact_statistics()[0]
         num = torch.linalg.matrix_norm(self.gram - exact)
         den = torch.linalg.matrix_norm(exact).clamp_min(torch.finfo(exact.dtype).tiny)
         return float((num / den).max())
 
     @torch.no_grad()
     def staleness(self, indices: Tensor, inputs: Tensor) -> float:
-        r"""How stale the cache is on a sample: :math:`\|U_{cache} - f(\tilde x)\|_F / \|f(\tilde x)\|_F`."""
-        idx = check_index_tensor("indices", indices, self.num_inducing, unique=False).to(self.embeddings.device)
-        current = self._embed_checked(inputs, idx.numel(), "inputs", idx)
-        cached = self.embeddings[:, idx].to(current.dtype)
-        return float(torch.linalg.vector_norm(cached - current) / torch.linalg.vector_norm(current).clamp_min(1e-30))
+        r"""How stale the cache is on a sample: :math:`\|U_{cache} - f(\tilde x)\|_F / \|f(\tilde x)\|_F`.
+
+        Under several processes each passes the rows it holds; the value is that of the whole sample.
+        """
+        idx = self._local_rows(indices, "indices", unique=False)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.embeddings.device)
+        if idx.numel():
+            current = self._embed_checked(inputs, idx.numel(), "inputs", idx + self.shard_start)
+            cached = self.embeddings[:, idx].to(current.dtype)
+            sums = torch.stack([(cached - current).double().square().sum(), current.double().square().sum()])
+        num, den = self.sharding.sum([sums], "the staleness all-reduce")[0]
+        return float(num.sqrt() / den.sqrt().clamp_min(1e-30))
 
     def statistics(self, fresh_indices: Tensor | None = None, fresh_inputs: Tensor | None = None) -> InducingStatistics:
         r"""``G`` and ``b`` with the rows ``fresh_indices`` recomputed *with gradient* (Alg. 1).
 
         :math:`G = G_{cache} - U_{old}^\top U_{old} + U_{fresh}^\top U_{fresh}`: the cached part is
-        constant, gradient reaches ``f`` through the fresh rows. Cost :math:`O(H b D^2)`.
+        constant, gradient reaches ``f`` through the fresh rows. Cost :math:`O(H b D^2)`. Under
+        several processes each passes the fresh rows it holds (possibly none) and the deltas are
+        summed by a differentiable reduction, so each process's rows receive the gradient of the
+        loss of all (collective). Without fresh rows: the cached statistics, no communication.
         """
         if (fresh_indices is None) != (fresh_inputs is None):
             missing = "fresh_inputs" if fresh_inputs is None else "fresh_indices"
             raise ValueError(f"{missing}: fresh_indices and fresh_inputs must be given together")
         cross = self.cross if self.has_inducing_values else None
-        if fresh_indices is None:
+        if fresh_indices is None or fresh_inputs is None:
             return InducingStatistics(self.gram, cross)
-        idx = check_index_tensor("fresh_indices", fresh_indices, self.num_inducing).to(self.embeddings.device)
-        self._check_device("fresh_inputs", fresh_inputs)
-        fresh = self.embed(fresh_inputs)
-        if fresh.shape[1] != idx.numel():
-            raise ValueError(f"fresh_inputs: expected {idx.numel()} rows (one per fresh index), got {fresh.shape[1]}")
-        # A NaN here would surface later as a failed Cholesky of G; name the rows instead.
-        check_finite_rows("fresh_inputs (embeddings from feature_extractor)", fresh.detach(), 1, idx, "inducing rows")
-        fresh = fresh.to(self.statistics_dtype)  # shape: (H, b, D)
-        old = self.embeddings[:, idx].to(self.statistics_dtype)  # shape: (H, b, D)
-        gram = self.gram - old.mT @ old + fresh.mT @ fresh
+        idx = self._local_rows(fresh_indices, "fresh_indices")
+        fresh = None
+        if idx.numel():
+            self._check_device("fresh_inputs", fresh_inputs)
+            fresh = self.embed(fresh_inputs)
+            if fresh.shape[1] != idx.numel():
+                raise ValueError(
+                    f"fresh_inputs: expected {idx.numel()} rows (one per fresh index), got {fresh.shape[1]}"
+                )
+            # A NaN here would surface later as a failed Cholesky of G; name the rows instead.
+            check_finite_rows(
+                "fresh_inputs (embeddings from feature_extractor)",
+                fresh.detach(),
+                1,
+                idx + self.shard_start,
+                "inducing rows",
+            )
+        parts = self.sharding.differentiable_sum(self._deltas(idx, fresh), "the all-reduce of the fresh rows")
+        gram = self.gram + parts[0]
         if cross is not None:
-            v = self.inducing_values[idx].T.to(self.statistics_dtype).unsqueeze(-1)  # shape: (H, b, 1)
-            cross = cross + ((fresh - old) * v).sum(-2)
+            cross = cross + parts[1]
         return InducingStatistics(gram, cross)
 
     # ------------------------------------------------------------------ as a GPyTorch kernel

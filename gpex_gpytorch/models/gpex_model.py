@@ -35,7 +35,9 @@ class GPEXModel(ApproximateGP):
         output.variance                                    # (N, H), Eq. 3
 
     :param kernel: the cached deep kernel.
-    :param inducing_values: ``(M, H)``, the network's outputs on the inducing inputs.
+    :param inducing_values: ``(M, H)``, the network's outputs on the inducing inputs; ``None`` to set
+        them later with ``load_state_dict`` (a model rebuilt from a checkpoint: no pass over the
+        inducing set).
     :param noise: :math:`\sigma^2` of the posterior (float, or tensor of shape ``()`` / ``(H,)``).
     :param learn_noise: train :math:`\sigma^2` along with the kernel network.
     :param variational_noise: :math:`\sigma_\varphi^2` of :math:`q_2` (0: the outputs are exact).
@@ -44,7 +46,7 @@ class GPEXModel(ApproximateGP):
     def __init__(
         self,
         kernel: CachedDeepKernel,
-        inducing_values: Tensor,
+        inducing_values: Tensor | None,
         noise: float | Tensor = 1.0,
         *,
         learn_noise: bool = False,
@@ -52,8 +54,19 @@ class GPEXModel(ApproximateGP):
     ) -> None:
         distribution = GPEXVariationalDistribution(kernel, variational_noise=variational_noise)
         strategy = GPEXVariationalStrategy(kernel, distribution, noise=noise, learn_noise=learn_noise)
-        kernel.set_inducing_values(inducing_values)  # validated before any state is written
+        if inducing_values is not None:
+            kernel.set_inducing_values(inducing_values)  # validated before any state is written
         super().__init__(strategy)
+
+    def row_entries(self) -> dict[str, int]:
+        """The keys of :meth:`state_dict` that hold one entry per inducing row, with the dimension of the rows.
+
+        ``embeddings`` ``(H, M, D)`` and ``inducing_values`` ``(M, H)`` of the kernel: the entries a
+        sharded checkpoint splits by rows.
+        """
+        kernel = self.covar_module
+        prefix = next(f"{name}." for name, module in self.named_modules() if module is kernel)
+        return {prefix + "embeddings": 1, prefix + "inducing_values": 0}
 
     @property
     def covar_module(self) -> CachedDeepKernel:
