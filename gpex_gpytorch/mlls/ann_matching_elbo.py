@@ -60,9 +60,7 @@ def check_ann_matching_likelihood(likelihood: object, num_outputs: int | None = 
     if likelihood is None:
         return
     name = type(likelihood).__name__
-    if isinstance(likelihood, DirichletClassificationLikelihood) or not isinstance(
-        likelihood, _GaussianLikelihoodBase
-    ):
+    if isinstance(likelihood, DirichletClassificationLikelihood) or not isinstance(likelihood, _GaussianLikelihoodBase):
         raise TypeError(
             f"likelihood: ANNMatchingELBO matches a network's real-valued outputs with the GP's Gaussian "
             f"predictive, so it takes a Gaussian likelihood (GaussianLikelihood, MultitaskGaussianLikelihood) or "
