@@ -413,20 +413,20 @@ def test_principal_submatrix_stays_structured() -> None:
 def test_log_prob_of_several_samples_factorises_once() -> None:
     # MultivariateNormal.log_prob repeats the covariance to the samples' batch shape; the repeated
     # (stride-0) dimensions are folded into columns, so rootᵀroot is formed per head, not per sample.
-    from gpex_gpytorch.operators import low_rank_plus_diagonal as module
+    from gpex_gpytorch.functions.inv_quad_logdet import InvQuadLogdet
 
     root = torch.randn(2, 30, 3, dtype=torch.float64)
     op = LowRankPlusDiagonal(root, torch.tensor([[0.2], [0.4]], dtype=torch.float64))
     mvn = gpytorch.distributions.MultivariateNormal(torch.zeros(2, 30, dtype=torch.float64), op)
     values = torch.randn(4, 2, 30, dtype=torch.float64)
     seen = []
-    original = module._InvQuadLogdet.apply
+    original = InvQuadLogdet.apply
 
     def spy(root_: torch.Tensor, *args: object) -> object:
         seen.append(root_.shape)
         return original(root_, *args)
 
-    with patch.object(module._InvQuadLogdet, "apply", side_effect=spy):
+    with patch.object(InvQuadLogdet, "apply", side_effect=spy):
         log_prob = mvn.log_prob(values)
     assert seen == [torch.Size([2, 30, 3])]
     dense = torch.distributions.MultivariateNormal(torch.zeros(2, 30, dtype=torch.float64), op.to_dense())
@@ -530,10 +530,10 @@ def _accuracy_case(kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     ],
 )
 def test_float32_inv_quad_logdet_matches_float64(kind: str, refines: bool, tol: dict[str, float]) -> None:
-    from gpex_gpytorch.operators import low_rank_plus_diagonal as module
+    from gpex_gpytorch.functions import inv_quad_logdet as module
 
     root, noise, rhs = _accuracy_case(kind)
-    with patch.object(module, "_refine", wraps=module._refine) as refine:
+    with patch.object(module, "refine_inv_quad", wraps=module.refine_inv_quad) as refine:
         errors = _float32_errors(root, noise, rhs)
     assert refine.called == refines
     for name, bound in tol.items():
@@ -543,7 +543,7 @@ def test_float32_inv_quad_logdet_matches_float64(kind: str, refines: bool, tol: 
 def test_float32_inv_quad_logdet_matches_dense_float64_at_small_m() -> None:
     # Independent of the push-through algebra: dense float64 solve, slogdet and autograd. M below one
     # row block; the second column has ‖y‖² ≈ 400 s·yᵀA⁻¹y and takes the refinement pass.
-    from gpex_gpytorch.operators import low_rank_plus_diagonal as module
+    from gpex_gpytorch.functions import inv_quad_logdet as module
 
     torch.manual_seed(6)
     num_rows, rank, noise = 400, 6, 1e-3
@@ -551,7 +551,7 @@ def test_float32_inv_quad_logdet_matches_dense_float64_at_small_m() -> None:
     rhs = torch.cat([torch.randn(num_rows, 1), 3 * root @ torch.randn(rank, 1) + 0.03 * torch.randn(num_rows, 1)], -1)
     leaves32 = [t.clone().requires_grad_(True) for t in (root, torch.tensor([noise]), rhs)]
     leaves64 = [t.detach().double().requires_grad_(True) for t in leaves32]
-    with patch.object(module, "_refine", wraps=module._refine) as refine:
+    with patch.object(module, "refine_inv_quad", wraps=module.refine_inv_quad) as refine:
         quad, logdet = LowRankPlusDiagonal(*leaves32[:2]).inv_quad_logdet(
             leaves32[2], logdet=True, reduce_inv_quad=False
         )

@@ -18,10 +18,7 @@ Nothing on these paths forms an M×M matrix or calls CG / Lanczos, whatever
 
 from __future__ import annotations
 
-import itertools
 import numbers
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -36,102 +33,21 @@ from linear_operator.operators import (
 )
 from linear_operator.operators._linear_operator import IndexType, _is_noop_index
 from linear_operator.utils.memoize import cached
-from linear_operator.utils.warnings import NumericalWarning
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
-from gpex_gpytorch.utils.numerics import check_precision
-from gpex_gpytorch.utils.validation import NonFiniteError, broadcasts_to, check_positive
+from ..functions.inv_quad_logdet import InvQuadLogdet
+from ..functions.sqrt_pd import SqrtPD
+from ..utils.blocked_reductions import BLOCK_ROWS, blocked_gram, blocked_reductions
+from ..utils.broadcasting import sum_to_shape
+from ..utils.cholesky import capacitance_cholesky, factor_dtype
+from ..utils.numerics import check_precision
+from ..utils.validation import broadcasts_to, check_positive
+from ._householder_eigenbasis import HouseholderEigenbasis
+from ._scaled_identity_plus_low_rank import ScaledIdentityPlusLowRank
 
 __all__ = ["LowRankPlusDiagonal", "LowRankPlusDiagonalLinearOperator"]
 
 _NOOP = slice(None, None, None)
-
-
-def _factor_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype for the D×D factorisations: float64 unless the operator is already float64.
-
-    The D×D work is negligible next to the O(M·D²) products, and doing it in float64 keeps
-    ``G + s I`` well factorised in float32 even when ``s`` is small against ``‖G‖``.
-    """
-    return torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
-
-
-def _sum_to_shape(tensor: Tensor, shape: torch.Size) -> Tensor:
-    """Sum ``tensor`` over the dimensions that broadcasting added to reach it from ``shape``."""
-    if tensor.shape == shape:
-        return tensor
-    extra = tensor.dim() - len(shape)
-    if extra > 0:
-        tensor = tensor.sum(dim=tuple(range(extra)))
-    dims = tuple(i for i, (have, want) in enumerate(zip(tensor.shape, shape, strict=True)) if want == 1 and have != 1)
-    if dims:
-        tensor = tensor.sum(dim=dims, keepdim=True)
-    return tensor
-
-
-def _capacitance_cholesky(gram: Tensor, noise: Tensor, rounding: torch.dtype | None = None) -> Tensor:
-    """Lower Cholesky factor of ``G + s I_D`` in the factor dtype.
-
-    :param gram: ``rootᵀ root``.  # shape: (*batch, D, D)
-    :param noise: ``s``.  # shape: (*batch, 1)
-    :param rounding: the root's dtype, whose rounding ``gram`` carries (default ``gram.dtype``; differs
-        when ``gram`` was accumulated in float64 from a float32 root).
-    """
-    rounding = gram.dtype if rounding is None else rounding
-    if not bool(torch.isfinite(gram).all()):
-        # Checked on the D×D Gram, not on the M rows at construction: free on the fast paths.
-        raise NonFiniteError("root: expected finite values, got NaN or inf (rootᵀroot is not finite)")
-    fdt = _factor_dtype(rounding)
-    eye = torch.eye(gram.size(-1), dtype=fdt, device=gram.device)
-    cap = gram.to(fdt) + noise.to(fdt).unsqueeze(-1) * eye
-    chol, info = torch.linalg.cholesky_ex(cap)  # G is PSD and s > 0: positive definite in exact arithmetic
-    if not bool(info.any()):
-        return chol
-    # G's rounding error (float32 products over many rows) can exceed a tiny s when root is rank
-    # deficient, leaving G + s I numerically indefinite. Shift by the size of that error.
-    scale = gram.detach().diagonal(dim1=-2, dim2=-1).abs().amax(-1).to(fdt).clamp_min(1.0)
-    jitter = torch.finfo(rounding).eps * gram.size(-1) * scale
-    for _ in range(4):
-        chol, info = torch.linalg.cholesky_ex(cap + jitter.unsqueeze(-1).unsqueeze(-1) * eye)
-        if not bool(info.any()):
-            warnings.warn(
-                f"LowRankPlusDiagonal: rootᵀroot + noise·I was not numerically positive definite (noise "
-                f"{noise.detach().min().item():.3g} is below the rounding error of rootᵀroot); added "
-                f"{jitter.max().item():.3g} to its diagonal.",
-                NumericalWarning,
-                stacklevel=3,
-            )
-            return chol
-        jitter = 10 * jitter
-    raise ValueError(
-        f"noise: rootᵀroot + noise·I is not positive definite even after a jitter of {jitter.max().item():.3g}; "
-        f"noise ({noise.detach().min().item():.3g}) is far below the rounding error of rootᵀroot"
-    )
-
-
-class _SqrtPD(torch.autograd.Function):
-    """Symmetric square root of a symmetric positive definite D×D matrix.
-
-    The backward pass solves the Sylvester equation ``S dS + dS S = dX`` in the eigenbasis:
-    ``dS = Q ((Qᵀ dX Q) / (μ_i + μ_j)) Qᵀ``. Every ``μ_i + μ_j`` is positive, so repeated
-    eigenvalues (a rank-deficient root, M < D) are harmless, unlike backpropagating
-    through ``torch.linalg.eigh``.
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, matrix: Tensor) -> Tensor:  # shape: (*batch, D, D)
-        evals, evecs = torch.linalg.eigh(matrix)
-        roots = evals.clamp_min(torch.finfo(matrix.dtype).tiny).sqrt()
-        ctx.save_for_backward(evecs, roots)
-        return (evecs * roots.unsqueeze(-2)) @ evecs.mT
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # shape: (*batch, D, D)
-        evecs, roots = ctx.saved_tensors
-        inner = evecs.mT @ grad @ evecs
-        return evecs @ (inner / (roots.unsqueeze(-1) + roots.unsqueeze(-2))) @ evecs.mT
 
 
 def _sqrt_cores(root: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,402 +63,17 @@ def _sqrt_cores(root: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
 
     :returns: ``(W, V)`` in the factor dtype.  # shape: (*batch, D, D), (*batch, D, D)
     """
-    fdt = _factor_dtype(root.dtype)
-    gram = _blocked_gram(root)
+    fdt = factor_dtype(root.dtype)
+    gram = blocked_gram(root)
     s = noise.to(fdt).unsqueeze(-1)  # shape: (*batch, 1, 1)
     sigma = s.sqrt()
     eye = torch.eye(gram.size(-1), dtype=fdt, device=root.device)
     shifted = gram + s * eye
-    sqrt_shifted = _SqrtPD.apply(0.5 * (shifted + shifted.mT))
+    sqrt_shifted = SqrtPD.apply(0.5 * (shifted + shifted.mT))
     core_root = torch.linalg.inv(sqrt_shifted + sigma * eye)
     core_inv_root = -torch.linalg.inv(shifted + sigma * sqrt_shifted) / sigma
     sym = lambda m: 0.5 * (m + m.mT)  # noqa: E731 - inversion leaves a rounding-level asymmetry
     return sym(core_root), sym(core_inv_root)
-
-
-_BLOCK_ROWS = 8192
-"""Rows per block of the reductions over M that are summed in the factor dtype (float64 for float32 roots)."""
-
-
-def _max_cancellation(dtype: torch.dtype) -> float:
-    """Largest ``yᵀy / (s · yᵀA⁻¹y)`` for which the inverse quadratic form skips its refinement pass.
-
-    The direct form ``yᵀA⁻¹y = (yᵀy − bᵀh) / s`` cancels: its relative error is a few ``eps`` times
-    that ratio (measured in float32, M = 2·10⁵, D = 64, well-conditioned roots: ≤ 4 eps · ratio).
-    16 keeps float32 near 2e-6, about the error of a float32 sum of 10⁶ terms; float64 tolerates
-    2²⁰ (≈ 1e-10). Lower precisions always refine.
-
-    :param dtype: the root's dtype.
-    """
-    ratio = 16 * torch.finfo(torch.float32).eps / torch.finfo(dtype).eps
-    return min(max(ratio, 1.0), 2.0**20)
-
-
-def _column_major(matrix: Tensor) -> Tensor:
-    """``matrix`` stored column-major: MKL's M×D @ D×K with K > 1 is ≈ 3× faster with that layout of the D×K side."""
-    return matrix.mT.contiguous().mT
-
-
-def _batch_indices(batch: torch.Size) -> Iterator[tuple[int, ...]]:
-    """Every index into a batch shape (one empty tuple for no batch)."""
-    return itertools.product(*(range(n) for n in batch))
-
-
-def _blocked_gram(root: Tensor) -> Tensor:
-    """``rootᵀ root`` in the factor dtype (:func:`_blocked_gram_sums`), also for a finite root whose squares overflow.
-
-    A float32 root with entries near 1e20 is finite, but its products overflow float32 partial
-    sums: then the root is scaled by a power of two (exact), summed, and scaled back in the factor
-    dtype. Only a root that is itself not finite, or whose Gram exceeds even the factor dtype, is
-    rejected. The check costs nothing on the normal path (a D×D finiteness test).
-
-    :param root: ``R``.  # shape: (*batch, M, D)
-    :returns: ``Rᵀ R``.  # shape: (*batch, D, D)
-    """
-    gram = _blocked_gram_sums(root)
-    if bool(torch.isfinite(gram).all()) or not bool(torch.isfinite(root).all()):
-        return gram  # finite, or a NaN/inf root: _capacitance_cholesky names it
-    exponent = torch.frexp(root.detach().abs().amax()).exponent
-    scaled = torch.ldexp(root, -exponent)  # max |entry| in [0.5, 1): no product can overflow
-    gram = torch.ldexp(_blocked_gram_sums(scaled), 2 * exponent.to(_factor_dtype(root.dtype)))
-    if not bool(torch.isfinite(gram).all()):
-        raise NonFiniteError(
-            f"root: finite, but rootᵀroot exceeds the range of {gram.dtype} (max |root| = "
-            f"{root.detach().abs().amax().item():.3g}); scale the root and the noise down together"
-        )
-    return gram
-
-
-def _blocked_gram_sums(root: Tensor) -> Tensor:
-    """``rootᵀ root`` in the factor dtype, float32 partial sums over ``_BLOCK_ROWS`` rows added in float64.
-
-    One batched product over row blocks costs the same as the single GEMM (measured at M = 10⁶, D = 64:
-    ≤ 2 % slower on one thread, no slower on two, where the blocks need no cross-thread reduction) and
-    its relative error is ≈ 30× smaller at M = 2·10⁵ and ≈ 100× at 10⁶ (1e-8 against 1.2e-6), which
-    the log-determinant and the direct inverse quadratic form inherit.
-
-    :param root: ``R``.  # shape: (*batch, M, D)
-    :returns: ``Rᵀ R``.  # shape: (*batch, D, D)
-    """
-    fdt = _factor_dtype(root.dtype)
-    if fdt == root.dtype:
-        return root.mT @ root
-    batch, num_rows = root.shape[:-2], root.size(-2)
-    full = num_rows - num_rows % _BLOCK_ROWS
-    grams = []
-    for index in _batch_indices(batch):  # 2-D slices: their row blocks are views (a flattened batch may copy)
-        left = root[index]
-        gram = (left[full:].mT @ left[full:]).to(fdt)
-        if full:
-            blocks = left[:full].unflatten(0, (-1, _BLOCK_ROWS))  # shape: (M // block, block, D)
-            gram = gram + (blocks.mT @ blocks).sum(0, dtype=fdt)
-        grams.append(gram)
-    return torch.stack(grams).reshape(*batch, *grams[0].shape)
-
-
-def _blocked_reductions(root: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
-    """``rootᵀ rhs`` and the squared column norms of ``rhs``, one pass over ``root``, summed in the factor dtype.
-
-    One BLAS reduction over 10⁶ float32 rows is good to ≈ 2e-5 (measured), and the direct inverse
-    quadratic form multiplies that by its cancellation ratio. Here one batched product forms a
-    float32 partial sum per ``_BLOCK_ROWS`` rows and the partials are added in float64: the same
-    single pass over ``root``, with an error set by the block length instead of M (≈ 2e-6).
-
-    :param root: ``R``.  # shape: (*batch, M, D)
-    :param rhs: ``Y`` with the same batch shape.  # shape: (*batch, M, K)
-    :returns: ``Rᵀ Y`` and ``‖y_k‖²`` in the factor dtype.  # shape: (*batch, D, K), (*batch, K)
-    """
-    fdt = _factor_dtype(root.dtype)
-    if fdt == root.dtype:
-        return (rhs.mT @ root).mT, torch.linalg.vector_norm(rhs, dim=-2).square()
-    batch, num_rows = root.shape[:-2], root.size(-2)
-    full = num_rows - num_rows % _BLOCK_ROWS
-    products, norms = [], []
-    for index in _batch_indices(batch):  # 2-D slices: their row blocks are views (a flattened batch may copy)
-        left, right = root[index], rhs[index]
-        prod = (right[full:].mT @ left[full:]).to(fdt).mT
-        sq = torch.linalg.vector_norm(right[full:], dim=0).to(fdt).square()
-        if full:
-            left_blocks = left[:full].unflatten(0, (-1, _BLOCK_ROWS))  # shape: (M // block, block, D)
-            right_blocks = right[:full].unflatten(0, (-1, _BLOCK_ROWS))
-            # (Yᵀ R)ᵀ, not Rᵀ Y: BLAS is several times slower with the transposed M×D operand on the left
-            prod = prod + (right_blocks.mT @ left_blocks).sum(0, dtype=fdt).mT
-            sq = sq + torch.linalg.vector_norm(right_blocks, dim=1).to(fdt).square().sum(0)
-        products.append(prod)
-        norms.append(sq)
-    return torch.stack(products).reshape(*batch, *products[0].shape), torch.stack(norms).reshape(*batch, -1)
-
-
-def _residual_reductions(root: Tensor, rhs: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
-    """``rootᵀ r`` and ``‖r_k‖²`` for ``r = rhs − root @ coeffs``, summed in the factor dtype, ``r`` never stored.
-
-    Block by block, so each block of ``root`` comes from memory once and is reused from cache for
-    ``rootᵀ r``: one pass over ``root`` and no M×K allocation.
-
-    :param root: ``R``.  # shape: (*batch, M, D)
-    :param rhs: ``Y``.  # shape: (*batch, M, K)
-    :param coeffs: ``H``.  # shape: (*batch, D, K)
-    :returns: ``Rᵀ r`` and ``‖r_k‖²``.  # shape: (*batch, D, K), (*batch, K)
-    """
-    fdt = _factor_dtype(root.dtype)
-    neg = _column_major((-coeffs).to(root.dtype))
-    if fdt == root.dtype:
-        resid = (root @ neg).add_(rhs)
-        return (resid.mT @ root).mT, torch.linalg.vector_norm(resid, dim=-2).square()
-    batch, num_rows, rank = root.shape[:-2], root.size(-2), root.size(-1)
-    num_blocks = -(-num_rows // _BLOCK_ROWS)
-    products, norms = [], []
-    for index in _batch_indices(batch):
-        left, right, step = root[index], rhs[index], neg[index]
-        prod = torch.empty(num_blocks, rhs.size(-1), rank, dtype=root.dtype, device=root.device)
-        norm = torch.empty(num_blocks, rhs.size(-1), dtype=root.dtype, device=root.device)
-        for block, start in enumerate(range(0, num_rows, _BLOCK_ROWS)):
-            rows = left[start : start + _BLOCK_ROWS]
-            resid = torch.addmm(right[start : start + _BLOCK_ROWS], rows, step)
-            torch.mm(resid.mT, rows, out=prod[block])
-            torch.linalg.vector_norm(resid, dim=0, out=norm[block])
-        products.append(prod.to(fdt).sum(0).mT)
-        norms.append(norm.to(fdt).square().sum(0))
-    return torch.stack(products).reshape(*batch, *products[0].shape), torch.stack(norms).reshape(*batch, -1)
-
-
-def _refine(
-    root: Tensor,  # shape: (*batch, M, D)
-    rhs: Tensor,  # shape: (*batch, M, K)
-    noise: Tensor,  # shape: (*batch, 1), factor dtype
-    chol: Tensor,  # shape: (*batch, D, D)
-    coeffs: Tensor,  # shape: (*batch, D, K)
-    quad: Tensor,  # shape: (*batch, K)
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One residual pass for the columns whose direct inverse quadratic form cancelled too much.
-
-    ``q(h) = ‖h‖² + ‖y − R h‖² / s`` is minimal at ``h* = C⁻¹ Rᵀy`` with ``q(h*) = yᵀA⁻¹y``. From the
-    computed ``h``, one Newton step ``δ = C⁻¹ g``, ``g = Rᵀr − s h``, gives ``q(h*) = q(h) − gᵀC⁻¹g / s``
-    exactly (q is quadratic), and ``r = y − R h`` and ``Rᵀr`` carry no cancellation: this is iterative
-    refinement of the solve, with the residual formed from ``root`` itself rather than from the rounded
-    ``rootᵀroot``. Measured against float64 (M = 2·10⁵, D = 64, well and ill-conditioned and
-    rank-deficient roots, noise 1e-6 … 1): better than the direct value in all but 2 of 49 cases past
-    the cancellation limit, by up to 10⁵×; the 2 are ``noise`` below the rounding error of
-    ``rootᵀroot``, where neither has a correct digit.
-
-    :returns: ``(quad, coeffs, resid_sq)`` with ``resid_sq = ‖y − R h‖²`` for the returned ``h``; a
-        column whose refined value is not finite and positive keeps the direct one.
-    """
-    cross, resid_sq = _residual_reductions(root, rhs, coeffs)
-    s = noise.unsqueeze(-1)  # shape: (*batch, 1, 1)
-    grad = cross - s * coeffs
-    step = torch.cholesky_solve(grad, chol)
-    refined = coeffs.square().sum(-2) + resid_sq / noise - (grad * step).sum(-2) / noise
-    # ‖r − R δ‖² = ‖r‖² − 2 δᵀRᵀr + δᵀ(C − s I)δ = ‖r‖² − δᵀ(Rᵀr + s h) − s‖δ‖²: no cancellation for small δ
-    refined_sq = resid_sq - (step * (cross + s * coeffs)).sum(-2) - noise * step.square().sum(-2)
-    ok = torch.isfinite(refined) & (refined > 0)
-    direct_sq = noise * (quad - coeffs.square().sum(-2))
-    return (
-        torch.where(ok, refined, quad),
-        torch.where(ok.unsqueeze(-2), coeffs + step, coeffs),
-        torch.where(ok, refined_sq.clamp_min(0), direct_sq),
-    )
-
-
-class _InvQuadLogdet(torch.autograd.Function):
-    """``(diag(Yᵀ A⁻¹ Y), log|A|)`` for ``A = R Rᵀ + s I`` with a hand-written backward.
-
-    Forward (``C = G + s I``, ``b_k = Rᵀy_k``, ``h_k = C⁻¹ b_k``)::
-
-        log|A|     = (M − D) log s + logdet C
-        y_kᵀA⁻¹y_k = (‖y_k‖² − b_kᵀh_k) / s
-
-    ``G`` is the GEMM (:func:`_blocked_gram`), ``RᵀY`` and ``‖y_k‖²`` one more pass over ``R``
-    (:func:`_blocked_reductions`), both with float32 partial sums over row blocks added in float64.
-    The subtraction cancels by the ratio ``‖y_k‖² / (s y_kᵀA⁻¹y_k)``; when a column's ratio exceeds
-    :func:`_max_cancellation` (y close to the range of ``R`` and small ``s``: high signal-to-noise),
-    one more pass refines the values (:func:`_refine`).
-
-    Backward, with upstream weights ``g`` (log-det) and ``w`` (one per column of ``Y``); with
-    ``r_k = y_k − R h_k``, ``‖r_k‖² = s (q_k − ‖h_k‖²)``::
-
-        ∂/∂R = R (2 g C⁻¹ + (2/s) H diag(w) Hᵀ) − (2/s) Y diag(w) Hᵀ      (= R 2gC⁻¹ − (2/s) r diag(w) Hᵀ)
-        ∂/∂s = g ((M − D)/s + tr C⁻¹) − Σ_k w_k ‖r_k‖² / s²
-        ∂/∂Y = (2/s) r diag(w)
-
-    The residual never exists as an M×K tensor (except for ``∂/∂Y``): the root gradient is the
-    rank-K product ``Y (−(2/s) diag(w) Hᵀ)`` written once into the fresh gradient, then
-    ``R @ (D×D)`` accumulated onto it by the GEMM itself. M-sized work in total: the two floor GEMMs
-    and one (or, after cancellation, two) memory-bound passes over ``R`` in the forward.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        root: Tensor,  # shape: (*batch, M, D)
-        noise: Tensor,  # shape: (*batch, 1)
-        rhs: Tensor | None,  # shape: (*batch, M, K)
-    ) -> tuple[Tensor, Tensor]:  # shape: (*batch, K), (*batch)
-        ctx.set_materialize_grads(False)
-        fdt = _factor_dtype(root.dtype)
-        num_rows, rank = root.shape[-2:]
-        chol = _capacitance_cholesky(_blocked_gram(root), noise, rounding=root.dtype)
-        s = noise.to(fdt)  # shape: (*batch, 1)
-        logdet = (num_rows - rank) * s.squeeze(-1).log() + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        ctx.num_rows = num_rows
-
-        if rhs is None:
-            quad = torch.zeros(*root.shape[:-2], 0, dtype=root.dtype, device=root.device)
-            ctx.save_for_backward(root, noise, chol, None, None)
-            return quad, logdet.to(root.dtype)
-
-        cross, rhs_sq = _blocked_reductions(root, rhs)  # shape: (*batch, D, K), (*batch, K)
-        coeffs = torch.cholesky_solve(cross, chol)  # shape: (*batch, D, K)
-        quad = (rhs_sq - (cross * coeffs).sum(-2)) / s
-        # False also for NaN: a quad that cancelled to ≤ 0 always gets the residual pass
-        if bool((s * quad * _max_cancellation(root.dtype) >= rhs_sq).all()):
-            resid_sq = s * (quad - coeffs.square().sum(-2))  # ≥ s·quad / ratio: bounded cancellation
-        else:
-            quad, coeffs, resid_sq = _refine(root, rhs, s, chol, coeffs, quad)
-        ctx.save_for_backward(root, noise, chol, coeffs, rhs)
-        ctx.resid_sq = resid_sq
-        return quad.to(root.dtype), logdet.to(root.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: FunctionCtx, grad_quad: Tensor | None, grad_logdet: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        root, noise, chol, coeffs, rhs = ctx.saved_tensors
-        need_root, need_noise, need_rhs = ctx.needs_input_grad
-        dtype, fdt = root.dtype, chol.dtype
-        num_rows, rank = ctx.num_rows, root.size(-1)
-        s = noise.to(fdt)  # shape: (*batch, 1)
-        if rhs is None:
-            grad_quad = None
-
-        core = None  # D×D factor of the root gradient
-        grad_s = torch.zeros_like(s.squeeze(-1)) if need_noise else None
-        if grad_logdet is not None:
-            cap_inv = torch.cholesky_inverse(chol)  # shape: (*batch, D, D)
-            g = grad_logdet.to(fdt)
-            if need_root:
-                core = (2 * g).unsqueeze(-1).unsqueeze(-1) * cap_inv
-            if need_noise:
-                trace = cap_inv.diagonal(dim1=-2, dim2=-1).sum(-1)
-                grad_s = grad_s + g * ((num_rows - rank) / s.squeeze(-1) + trace)
-
-        outer = None  # K×D factor of the rank-K term
-        grad_rhs = None
-        if grad_quad is not None:
-            w = grad_quad.to(fdt)  # shape: (*batch, K)
-            scaled = (2 / s).unsqueeze(-1) * (w.unsqueeze(-1) * coeffs.mT)  # (2/s) diag(w) Hᵀ, (*batch, K, D)
-            if need_root:
-                core = coeffs @ scaled if core is None else core + coeffs @ scaled
-                outer = -scaled
-            if need_noise:
-                grad_s = grad_s - (w * ctx.resid_sq).sum(-1) / s.squeeze(-1).square()
-            if need_rhs:
-                resid = (root @ _column_major(-coeffs.to(dtype))).add_(rhs)  # shape: (*batch, M, K)
-                grad_rhs = resid.mul_(((2 / s) * w).to(dtype).unsqueeze(-2))
-
-        grad_root = None
-        if need_root and core is not None:
-            core = core.to(dtype)
-            if outer is None:
-                grad_root = root @ core
-            else:
-                # the gradient's one M×D allocation is written by the rank-K product; the GEMM then
-                # accumulates onto it (beta = 1) instead of a separate pass to add the two. For K = 1
-                # a broadcast multiply, not a matmul: MKL runs k = 1 on one thread, ≈ 50 ms at M = 1e6
-                outer = outer.to(dtype)
-                grad_root = rhs * outer if rhs.size(-1) == 1 else rhs @ outer  # shape: (*batch, M, D)
-                for index in _batch_indices(grad_root.shape[:-2]):
-                    grad_root[index].addmm_(root[index], core[index])
-        return grad_root, (grad_s.unsqueeze(-1).to(noise.dtype) if need_noise else None), grad_rhs
-
-
-class _ScaledIdentityPlusLowRank(LinearOperator):
-    """``scale · I_M + left @ core @ leftᵀ`` for a symmetric D×D ``core``; the exact (inverse) square root.
-
-    :param left: the M×D factor.  # shape: (*batch, M, D)
-    :param core: symmetric D×D core (may be indefinite).  # shape: (*batch, D, D)
-    :param scale: the identity coefficient.  # shape: (*batch, 1)
-    """
-
-    def __init__(self, left: Tensor, core: Tensor, scale: Tensor) -> None:
-        super().__init__(left, core, scale)
-        self.left, self.core, self.scale = left, core, scale
-
-    def _matmul(self, rhs: Tensor) -> Tensor:  # shape: (..., M, C)
-        squeeze = rhs.dim() == 1
-        rhs = rhs.unsqueeze(-1) if squeeze else rhs
-        res = self.scale.unsqueeze(-1) * rhs + self.left @ (self.core @ (self.left.mT @ rhs))
-        return res.squeeze(-1) if squeeze else res
-
-    def _t_matmul(self, rhs: Tensor) -> Tensor:
-        return self._matmul(rhs)
-
-    def _size(self) -> torch.Size:
-        batch = torch.broadcast_shapes(self.left.shape[:-2], self.core.shape[:-2], self.scale.shape[:-1])
-        return torch.Size((*batch, self.left.size(-2), self.left.size(-2)))
-
-    def _transpose_nonbatch(self) -> LinearOperator:
-        return self
-
-    def _diagonal(self) -> Tensor:  # shape: (*batch, M)
-        return self.scale + torch.einsum("...md,...de,...me->...m", self.left, self.core, self.left)
-
-    def _expand_batch(self, batch_shape: torch.Size) -> LinearOperator:
-        return self.__class__(
-            self.left.expand(*batch_shape, *self.left.shape[-2:]),
-            self.core.expand(*batch_shape, *self.core.shape[-2:]),
-            self.scale.expand(*batch_shape, 1),
-        )
-
-    def _get_indices(self, row_index: IndexType, col_index: IndexType, *batch_indices: IndexType) -> Tensor:
-        rows = self.left[(*batch_indices, row_index)]  # shape: (*index, D)
-        cols = self.left[(*batch_indices, col_index)]
-        core = self.core[batch_indices] if batch_indices else self.core
-        low_rank = ((rows.unsqueeze(-2) @ core).squeeze(-2) * cols).sum(-1)
-        scale = self.scale[(*batch_indices, torch.zeros_like(row_index))]
-        return low_rank + scale * torch.eq(row_index, col_index).to(scale.dtype)
-
-
-class _HouseholderEigenbasis(LinearOperator):
-    """Orthogonal M×M eigenbasis ``Q_h · blockdiag(P, I_{M−k})`` of ``R Rᵀ + s I`` without forming it.
-
-    ``Q_h`` is the Householder product of a QR factorisation of ``root`` (its first ``k = min(M, D)``
-    columns span the range of ``root``), ``P`` the eigenvectors of ``R_h R_hᵀ``.
-
-    :param reflectors: Householder vectors from :func:`torch.geqrf`.  # shape: (*batch, M, k)
-    :param tau: Householder scalars.  # shape: (*batch, k)
-    :param inner: ``P``.  # shape: (*batch, k, k)
-    :param transposed: represent the transpose instead.
-    """
-
-    def __init__(self, reflectors: Tensor, tau: Tensor, inner: Tensor, transposed: bool = False) -> None:
-        super().__init__(reflectors, tau, inner, transposed=transposed)
-        self.reflectors, self.tau, self.inner, self.transposed = reflectors, tau, inner, transposed
-
-    def _matmul(self, rhs: Tensor) -> Tensor:  # shape: (..., M, C)
-        squeeze = rhs.dim() == 1
-        rhs = rhs.unsqueeze(-1) if squeeze else rhs
-        k = self.inner.size(-1)
-        batch = torch.broadcast_shapes(self.batch_shape, rhs.shape[:-2])
-        refl = self.reflectors.expand(*batch, *self.reflectors.shape[-2:])
-        tau = self.tau.expand(*batch, k)
-        inner = self.inner.expand(*batch, k, k).to(rhs.dtype)
-        rhs = rhs.expand(*batch, *rhs.shape[-2:]).to(refl.dtype)
-        if self.transposed:
-            res = torch.ormqr(refl, tau, rhs, left=True, transpose=True)
-            res = torch.cat([inner.mT @ res[..., :k, :], res[..., k:, :]], dim=-2)
-        else:
-            res = torch.cat([inner @ rhs[..., :k, :], rhs[..., k:, :]], dim=-2)
-            res = torch.ormqr(refl, tau, res, left=True, transpose=False)
-        return res.squeeze(-1) if squeeze else res
-
-    def _size(self) -> torch.Size:
-        num_rows = self.reflectors.size(-2)
-        return torch.Size((*self.reflectors.shape[:-2], num_rows, num_rows))
-
-    def _transpose_nonbatch(self) -> LinearOperator:
-        return self.__class__(self.reflectors, self.tau, self.inner, transposed=not self.transposed)
 
 
 class LowRankPlusDiagonalLinearOperator(LinearOperator):
@@ -558,7 +89,13 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
     into ``noise``, which is what :meth:`gpytorch.likelihoods.GaussianLikelihood.marginal` does.
 
     Rank-deficient roots and M < D are fine: the operator stays positive definite through
-    ``noise > 0``, and no formula divides by a singular value of ``root``.
+    ``noise > 0``, and no formula divides by a singular value of ``root``. ``G + s I`` is factorised
+    by :func:`~gpex_gpytorch.utils.cholesky.capacitance_cholesky`, as in
+    :class:`~gpex_gpytorch.GPEXVariationalStrategy`: a non-finite ``root`` raises
+    :class:`~gpex_gpytorch.utils.NonFiniteError` when used; a ``noise`` below the rounding error of
+    ``rootᵀroot`` gets a jitter (``linear_operator.settings.cholesky_jitter``) with a
+    :class:`~linear_operator.utils.warnings.NumericalWarning`, or a :class:`ValueError` naming
+    ``noise`` once ``cholesky_max_tries`` jitters have failed.
 
     :param root: :math:`\mathbf R`, one M×D factor per batch entry (e.g. per GP head), shape ``(*batch, M, D)``.
     :param noise: :math:`s > 0` (σ²): a float or a tensor broadcastable to ``(*batch, 1)``.
@@ -641,10 +178,10 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         grad_root = grad_noise = None
         if self.root.requires_grad:
             grad = left_vecs @ (right_vecs.mT @ self.root) + right_vecs @ (left_vecs.mT @ self.root)
-            grad_root = _sum_to_shape(grad, self.root.shape)
+            grad_root = sum_to_shape(grad, self.root.shape)
         if self.noise.requires_grad:
             grad = (left_vecs * right_vecs).sum(dim=(-2, -1)).unsqueeze(-1)
-            grad_noise = _sum_to_shape(grad, self.noise.shape)
+            grad_noise = sum_to_shape(grad, self.noise.shape)
         return grad_root, grad_noise
 
     def _expand_batch(self, batch_shape: torch.Size) -> LinearOperator:
@@ -787,26 +324,26 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
 
         Solves cancel in ``rhs − R (G + sI)⁻¹ Rᵀ rhs``: unlike :meth:`inv_quad_logdet` (refined in
         float64) their error grows with the condition number, and the reductions over M feed it.
-        Both are summed in float64 blocks of ``_BLOCK_ROWS`` rows, which cut the float32 error for
+        Both are summed in float64 blocks of ``BLOCK_ROWS`` rows, which cut the float32 error for
         ``y`` in the span of ``root`` from 250 % to 2.4 % at M = 10⁶ (≈ eps·κ(A), the cancellation
         itself); the stated bound (:func:`~gpex_gpytorch.utils.check_precision`) then counts the
         block length instead of M.
         """
         num_rows = self.size(-1)
-        blocked = _factor_dtype(self.dtype) != self.dtype
-        gram = _blocked_gram(self.root)
+        blocked = factor_dtype(self.dtype) != self.dtype
+        gram = blocked_gram(self.root)
         check_precision(
             gram.detach(),
             self.noise.detach(),
             self.dtype,
-            min(num_rows, _BLOCK_ROWS) if blocked else num_rows,
+            min(num_rows, BLOCK_ROWS) if blocked else num_rows,
             context="LowRankPlusDiagonal (solve)",
         )
-        chol = _capacitance_cholesky(gram, self.noise, rounding=self.dtype)
+        chol = capacitance_cholesky(gram, self.noise, rounding=self.dtype, source="root", context="LowRankPlusDiagonal")
         if blocked:
             batch = torch.broadcast_shapes(self.batch_shape, rhs.shape[:-2])
             root = self.root.expand(*batch, *self.root.shape[-2:])  # views: each 2-D slice is read in place
-            cross = _blocked_reductions(root, rhs.expand(*batch, *rhs.shape[-2:]))[0]
+            cross = blocked_reductions(root, rhs.expand(*batch, *rhs.shape[-2:]))[0]
         else:
             # (rhsᵀ R)ᵀ, not Rᵀ rhs: BLAS is several times slower with the transposed M×D operand on the left
             cross = (rhs.mT @ self.root).mT
@@ -880,7 +417,7 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         if inv_quad_rhs is None and not logdet:
             raise RuntimeError("Either `inv_quad_rhs` or `logdet` must be specifed.")
         if inv_quad_rhs is None:
-            return None, _InvQuadLogdet.apply(self.root, self.noise, None)[1]
+            return None, InvQuadLogdet.apply(self.root, self.noise, None)[1]
         self._check_operand("inv_quad_rhs", inv_quad_rhs)
         rhs, vector = (inv_quad_rhs.unsqueeze(-1), True) if inv_quad_rhs.dim() == 1 else (inv_quad_rhs, False)
         if rhs.size(-2) != self.size(-1):
@@ -896,7 +433,7 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         return inv_quad_term, (logdet_term if logdet else None)
 
     def _folded_inv_quad_logdet(self, rhs: Tensor) -> tuple[Tensor, Tensor]:  # shape: (*batch, K), (*batch)
-        """Run :class:`_InvQuadLogdet` once per distinct matrix.
+        """Run :class:`InvQuadLogdet` once per distinct matrix.
 
         Batch dimensions along which the operator is an expanded view (stride 0 in ``root`` and
         ``noise``: what ``expand`` / ``repeat`` leave, e.g. ``MultivariateNormal.log_prob`` of several
@@ -907,13 +444,13 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         batch = self.batch_shape
         fold = [i for i, n in enumerate(batch) if n > 1 and self.root.stride(i) == 0 and self.noise.stride(i) == 0]
         if not fold:
-            return _InvQuadLogdet.apply(self.root, self.noise, rhs)
+            return InvQuadLogdet.apply(self.root, self.noise, rhs)
         nb, nk = len(batch), len(batch) - len(fold)
         index = tuple(0 if i in fold else _NOOP for i in range(nb))
         cols = rhs.movedim(fold, tuple(range(nb + 2 - len(fold), nb + 2)))  # shape: (*kept, M, K, *folded)
         folded_sizes = cols.shape[nk + 2 :]
         cols = cols.reshape(*cols.shape[: nk + 1], -1)  # shape: (*kept, M, K·F)
-        quad, logdet = _InvQuadLogdet.apply(self.root[index], self.noise[index], cols)
+        quad, logdet = InvQuadLogdet.apply(self.root[index], self.noise[index], cols)
         quad = quad.reshape(*quad.shape[:-1], rhs.size(-1), *folded_sizes)
         quad = quad.movedim(tuple(range(nk + 1, nk + 1 + len(fold))), tuple(fold))  # shape: (*batch, K)
         for i in fold:
@@ -931,12 +468,12 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         return core_root.to(self.dtype), core_inv_root.to(self.dtype)
 
     def _root_decomposition(self) -> LinearOperator:  # shape: (*batch, M, M)
-        return _ScaledIdentityPlusLowRank(self.root, self._sqrt_cores()[0], self.noise.sqrt())
+        return ScaledIdentityPlusLowRank(self.root, self._sqrt_cores()[0], self.noise.sqrt())
 
     def _root_inv_decomposition(
         self, initial_vectors: Tensor | None = None, test_vectors: Tensor | None = None
     ) -> LinearOperator:  # shape: (*batch, M, M)
-        return _ScaledIdentityPlusLowRank(self.root, self._sqrt_cores()[1], self.noise.rsqrt())
+        return ScaledIdentityPlusLowRank(self.root, self._sqrt_cores()[1], self.noise.rsqrt())
 
     @cached(name="root_decomposition")
     def root_decomposition(self, method: str | None = None) -> LinearOperator:
@@ -997,20 +534,18 @@ class LowRankPlusDiagonalLinearOperator(LinearOperator):
         """Eigenvalues ``[λ(G)_top-k + s, s, …, s]`` and the matching eigenbasis (not differentiable)."""
         num_rows, rank = self.root.shape[-2:]
         k = min(num_rows, rank)
-        fdt = _factor_dtype(self.dtype)
+        fdt = factor_dtype(self.dtype)
         reflectors, tau = torch.geqrf(self.root.detach())
         triangle = reflectors[..., :k, :].triu().to(fdt)  # R_h: root = Q_h [R_h; 0]
         _, inner = torch.linalg.eigh(triangle @ triangle.mT)
-        basis = _HouseholderEigenbasis(
-            reflectors[..., :k].contiguous(), tau[..., :k].contiguous(), inner.to(self.dtype)
-        )
+        basis = HouseholderEigenbasis(reflectors[..., :k].contiguous(), tau[..., :k].contiguous(), inner.to(self.dtype))
         return self._eigenvalues(), basis
 
     def _eigenvalues(self) -> Tensor:  # shape: (*batch, M)
         # Differentiable: eigvalsh of G is well defined even with repeated eigenvalues.
         num_rows, rank = self.root.shape[-2:]
         k = min(num_rows, rank)
-        fdt = _factor_dtype(self.dtype)
+        fdt = factor_dtype(self.dtype)
         top = torch.linalg.eigvalsh((self.root.mT @ self.root).to(fdt))[..., rank - k :].clamp_min(0).to(self.dtype)
         return torch.cat([top + self.noise, self.noise.expand(*self.batch_shape, num_rows - k)], dim=-1)
 

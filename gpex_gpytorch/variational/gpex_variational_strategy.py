@@ -15,13 +15,16 @@ from torch import Tensor
 from ..kernels import CachedDeepKernel, InducingStatistics
 from ..operators import LowRankPlusDiagonal
 from ..utils import check_positive, check_precision, check_tensor
+from ..utils.cholesky import capacitance_cholesky, factor_dtype
 from .gpex_variational_distribution import GPEXVariationalDistribution
 
 __all__ = ["GPEXVariationalStrategy"]
 
 
 class _Factors(NamedTuple):
-    chol: Tensor  # shape: (H, D, D), lower Cholesky factor of A = G + σ²I
+    """Everything the posterior needs from ``A = G + σ²I``, in the factor dtype (float64 unless stated)."""
+
+    chol: Tensor  # shape: (H, D, D), lower Cholesky factor of A (capacitance_cholesky)
     weights: Tensor  # shape: (H, D), A⁻¹ b
     noise: Tensor  # shape: (H, 1), σ²
 
@@ -45,6 +48,15 @@ class GPEXVariationalStrategy(Module):
 
     In eval mode without fresh rows and without gradient, the Cholesky factor and
     :math:`A^{-1} b` are cached until the kernel's statistics or the noise change.
+
+    :math:`A` is factorised (in float64 unless the statistics are in a wider dtype) by
+    :func:`~gpex_gpytorch.utils.cholesky.capacitance_cholesky`, the factorisation
+    :class:`~gpex_gpytorch.LowRankPlusDiagonal` uses too, with its one failure policy: a non-finite
+    :math:`G` raises :class:`~gpex_gpytorch.utils.NonFiniteError`; an :math:`A` that is not
+    numerically positive definite (the noise below :math:`G`'s rounding error, or a cached
+    :math:`G` that has drifted) gets a jitter (``linear_operator.settings.cholesky_jitter``, at most
+    ``cholesky_max_tries`` tries) and a :class:`~linear_operator.utils.warnings.NumericalWarning`,
+    and a :class:`ValueError` naming ``noise`` when no jitter helps.
 
     Accuracy: against a dense float64 evaluation of Eq. 2 and 3, the variance's relative error and
     the mean's error relative to :math:`\sqrt{u^\top A^{-1} u}\,\|v\|` are within
@@ -144,7 +156,9 @@ class GPEXVariationalStrategy(Module):
         return stats
 
     def _factors(self, stats: InducingStatistics) -> _Factors:
-        noise = self._head_noise()  # shape: (H, 1)
+        # σ² in the factor dtype directly (float64 also for float32 statistics: no float32 rounding of σ²)
+        noise = self.noise.to(factor_dtype(stats.gram.dtype)).expand(self.kernel.num_heads)
+        noise = noise.unsqueeze(-1)  # shape: (H, 1)
         # O(H D²): warns when G's rounding (statistics_dtype, M rows) can cost more than 1 % relative accuracy
         check_precision(
             stats.gram,
@@ -159,15 +173,10 @@ class GPEXVariationalStrategy(Module):
                 "the default) or raise the noise σ²."
             ),
         )
-        eye = torch.eye(stats.gram.shape[-1], dtype=stats.gram.dtype, device=stats.gram.device)
-        a = stats.gram + noise.unsqueeze(-1) * eye  # shape: (H, D, D)
-        chol, info = torch.linalg.cholesky_ex(a)
-        if bool((info > 0).any()):
-            raise RuntimeError(
-                "G + noise*I is not positive definite (the cached Gram has drifted or holds non-finite "
-                "values); call kernel.recompute_statistics() or increase noise"
-            )
-        weights = torch.cholesky_solve(stats.cross.unsqueeze(-1), chol).squeeze(-1)
+        chol = capacitance_cholesky(
+            stats.gram, noise, rounding=stats.gram.dtype, source="kernel.gram", context="GPEXVariationalStrategy"
+        )
+        weights = torch.cholesky_solve(stats.cross.to(chol.dtype).unsqueeze(-1), chol).squeeze(-1)
         return _Factors(chol, weights, noise)
 
     def _cached_factors(self) -> _Factors:
@@ -214,7 +223,7 @@ class GPEXVariationalStrategy(Module):
         if bool(phi_noise > 0):
             # σ_φ² uᵀA⁻¹GA⁻¹u': a second root, from G's eigendecomposition (G is only PSD).
             gram = stats.gram if stats is not None else self.kernel.gram
-            evals, evecs = torch.linalg.eigh(gram)
+            evals, evecs = torch.linalg.eigh(gram.to(factors.chol.dtype))
             a_inv_u = torch.cholesky_solve(u.mT, factors.chol)  # shape: (H, D, N)
             extra = a_inv_u.mT @ (evecs * evals.clamp_min(0).sqrt().unsqueeze(-2))  # shape: (H, N, D)
             root = torch.cat([root, phi_noise.to(extra.dtype).sqrt() * extra], dim=-1)
@@ -246,12 +255,16 @@ class GPEXVariationalStrategy(Module):
         dropped and the value is :math:`-\log p(\varphi)`.
         """
         stats = self._check_statistics(self.kernel.statistics())
+        # Its own factorisation: forward's is of G with the fresh rows (another matrix), and the cached
+        # G changes on every refresh, so a version-keyed cache would miss at every training step. It
+        # costs O(H D³), ≈ 0.5 ms of a 25 ms step (benchmarks/step_overhead.py, M = 1e5, H = 10, D = 64).
         factors = self._factors(stats)
         m, d = self.kernel.num_inducing, self.kernel.embedding_dim
         noise = factors.noise.squeeze(-1)  # shape: (H,)
         logdet_a = 2 * factors.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        half_solve = torch.linalg.solve_triangular(factors.chol, stats.cross.unsqueeze(-1), upper=False)
-        quad = (self.kernel.values_sq - half_solve.square().sum((-2, -1))) / noise
+        cross = stats.cross.to(factors.chol.dtype).unsqueeze(-1)  # shape: (H, D, 1)
+        half_solve = torch.linalg.solve_triangular(factors.chol, cross, upper=False)
+        quad = (self.kernel.values_sq.to(noise.dtype) - half_solve.square().sum((-2, -1))) / noise
         logdet_k = (m - d) * noise.log() + logdet_a
         neg_log_prior = 0.5 * (quad + logdet_k + m * math.log(2 * math.pi))
         s = self._variational_distribution.variational_noise.to(noise.dtype)
