@@ -324,12 +324,29 @@ class CachedDeepKernel(Kernel):
                 parts.append(torch.zeros_like(self.cross))
             return parts
         fresh = new.to(stats_dtype)  # shape: (H, b, D)
-        old = self.embeddings[:, idx].to(stats_dtype)  # shape: (H, b, D)
+        # index_select, not [:, idx]: advanced indexing on the middle dimension is several times slower.
+        old = self.embeddings.index_select(1, idx).to(stats_dtype)  # shape: (H, b, D)
         parts = [fresh.mT @ fresh - old.mT @ old]
         if self.has_inducing_values:
-            v = self.inducing_values[idx].T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
-            parts.append(((fresh - old) * v).sum(-2))
+            v = self.inducing_values.index_select(0, idx).T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
+            parts.append(((fresh - old).mT @ v).squeeze(-1))
         return parts
+
+    def _check_deltas(self, parts: list[Tensor], new: Tensor, stored: Tensor | None, rows: Tensor, name: str) -> None:
+        """Reject non-finite embeddings, checked on the ``(H, D, D)`` delta rather than on every row.
+
+        A NaN or inf in any row makes ``ΔG`` non-finite, so the cheap check sees every bad row; only
+        then are the rows searched, to name them (before any state changes).
+        """
+        if bool(torch.isfinite(parts[0].detach()).all()):
+            return
+        check_finite_rows(f"{name} (embeddings from feature_extractor)", new.detach(), 1, rows, "inducing rows")
+        if stored is not None:
+            self._stored(name, new.detach(), rows)  # finite, but not once rounded to embedding_dtype
+        raise NonFiniteError(
+            f"{name} (embeddings from feature_extractor): the rows {rows.tolist()[:10]} are finite but their Gram "
+            f"overflows {self.statistics_dtype}; scale the kernel network's output down"
+        )
 
     @torch.no_grad()
     def refresh(self, indices: Tensor, inputs: Tensor) -> None:
@@ -344,15 +361,21 @@ class CachedDeepKernel(Kernel):
         idx = self._local_rows(indices, "indices")
         stored = None
         if idx.numel():
-            new = self._embed_checked(inputs, idx.numel(), "inputs", idx + self.shard_start)
+            self._check_device("inputs", inputs)
+            new = self.embed(inputs)
+            if new.shape[1] != idx.numel():
+                raise ValueError(f"inputs: expected {idx.numel()} rows (one per index), got {new.shape[1]}")
             # The statistics must describe what is stored (rounded to embedding_dtype), not `new`.
-            stored = self._stored("inputs", new, idx + self.shard_start)
-        parts = self.sharding.sum(self._deltas(idx, stored), "the all-reduce of a refresh")
+            stored = new.to(self.embeddings.dtype)
+        parts = self._deltas(idx, stored)
+        if stored is not None:
+            self._check_deltas(parts, new, stored, idx + self.shard_start, "inputs")
+        parts = self.sharding.sum(parts, "the all-reduce of a refresh")
         self.gram.add_(parts[0])
         if self.has_inducing_values:
             self.cross.add_(parts[1])
         if stored is not None:
-            self.embeddings[:, idx] = stored
+            self.embeddings.index_copy_(1, idx, stored)
 
     def _stored(self, name: str, new: Tensor, rows: Tensor) -> Tensor:
         """``new`` rounded to ``embedding_dtype``, rejecting rows that overflow it (finite before, inf after)."""
@@ -488,7 +511,7 @@ class CachedDeepKernel(Kernel):
         sums = torch.zeros(2, dtype=torch.float64, device=self.embeddings.device)
         if idx.numel():
             current = self._embed_checked(inputs, idx.numel(), "inputs", idx + self.shard_start)
-            cached = self.embeddings[:, idx].to(current.dtype)
+            cached = self.embeddings.index_select(1, idx).to(current.dtype)
             sums = torch.stack([(cached - current).double().square().sum(), current.double().square().sum()])
         num, den = self.sharding.sum([sums], "the staleness all-reduce")[0]
         return float(num.sqrt() / den.sqrt().clamp_min(1e-30))
@@ -517,15 +540,11 @@ class CachedDeepKernel(Kernel):
                 raise ValueError(
                     f"fresh_inputs: expected {idx.numel()} rows (one per fresh index), got {fresh.shape[1]}"
                 )
+        parts = self._deltas(idx, fresh)
+        if fresh is not None:
             # A NaN here would surface later as a failed Cholesky of G; name the rows instead.
-            check_finite_rows(
-                "fresh_inputs (embeddings from feature_extractor)",
-                fresh.detach(),
-                1,
-                idx + self.shard_start,
-                "inducing rows",
-            )
-        parts = self.sharding.differentiable_sum(self._deltas(idx, fresh), "the all-reduce of the fresh rows")
+            self._check_deltas(parts, fresh, None, idx + self.shard_start, "fresh_inputs")
+        parts = self.sharding.differentiable_sum(parts, "the all-reduce of the fresh rows")
         gram = self.gram + parts[0]
         if cross is not None:
             cross = cross + parts[1]
