@@ -198,3 +198,29 @@ def test_bad_input_is_named_and_leaves_state_untouched() -> None:
 def test_a_cache_that_cannot_fit_is_refused_before_allocation() -> None:
     with pytest.raises(MemoryError, match="GiB"):
         CachedDeepKernel(nn.Identity(), 10**12, 10, 64)
+
+
+def test_the_cache_is_row_major_and_head_major_checkpoints_load_into_it() -> None:
+    """Rows are contiguous (one read per row in a step); a state_dict saved head-major loads unchanged."""
+    torch.manual_seed(4)
+    net = nn.Linear(IN, H * D)
+    inputs = torch.randn(40, IN)
+    kernel = CachedDeepKernel(net, 40, H, D)
+    kernel.fill(inputs, progress=False)
+    assert kernel.embeddings.shape == (H, 40, D) and kernel.embeddings.transpose(0, 1).is_contiguous()
+    # What an earlier version saved: the same values in a contiguous (H, M, D) tensor.
+    state = {k: v.contiguous() for k, v in kernel.state_dict().items()}
+    assert state["embeddings"].is_contiguous() and not kernel.embeddings.is_contiguous()
+    other = CachedDeepKernel(nn.Linear(IN, H * D), 40, H, D)
+    other.load_state_dict(state)
+    assert other.embeddings.transpose(0, 1).is_contiguous()
+    assert torch.equal(other.embeddings, kernel.embeddings)
+    # Gathers and scatters through the row-major storage address the same rows as the (H, M, D) view.
+    idx = torch.tensor([3, 17, 0, 39])
+    torch.testing.assert_close(other._gather(idx), kernel.embeddings[:, idx], rtol=0, atol=0)
+    new = torch.randn(H, 4, D)
+    other._scatter(idx, new)
+    assert torch.equal(other.embeddings[:, idx], new)
+    untouched = torch.ones(40, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(other.embeddings[:, untouched], kernel.embeddings[:, untouched])

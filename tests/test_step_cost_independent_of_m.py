@@ -38,6 +38,7 @@ ROW_ACCESS_OPS = {
     "aten::index_put_",
     "aten::_index_put_impl_",
     "aten::index_select",
+    "aten::index_copy_",
 }
 
 

@@ -140,10 +140,11 @@ class CachedDeepKernel(Kernel):
         self.num_inducing = num_inducing
         self.num_heads = num_heads
         self.embedding_dim = embedding_dim
-        # shape: (H, M_r, D)
-        self.register_buffer(
-            "embeddings", torch.zeros(num_heads, local, embedding_dim, dtype=embedding_dtype, device=device)
-        )
+        # shape: (H, M_r, D), stored row-major as (M_r, H, D): a row's H*D values are one contiguous
+        # read or write, which is what a step's gathers and refreshes of scattered rows need. The
+        # (H, M, D) view keeps state_dict shapes, and old checkpoints load into it unchanged.
+        rows = torch.zeros(local, num_heads, embedding_dim, dtype=embedding_dtype, device=device)
+        self.register_buffer("embeddings", rows.permute(1, 0, 2))
         # shape: (H, D, D)
         self.register_buffer(
             "gram", torch.zeros(num_heads, embedding_dim, embedding_dim, dtype=statistics_dtype, device=device)
@@ -312,6 +313,22 @@ class CachedDeepKernel(Kernel):
         self.values_set.fill_(True)
         self.recompute_statistics()
 
+    def _gather(self, idx: Tensor) -> Tensor:
+        """The cached rows ``idx`` (local positions), ``(H, b, D)``."""
+        rows = self.embeddings.transpose(0, 1)  # shape: (M_r, H, D)
+        if rows.is_contiguous():
+            return rows.index_select(0, idx).transpose(0, 1)
+        # A cache replaced by a head-major tensor: index_select, not [:, idx] (several times slower).
+        return self.embeddings.index_select(1, idx)
+
+    def _scatter(self, idx: Tensor, stored: Tensor) -> None:
+        """Write ``stored`` ``(H, b, D)`` (in ``embedding_dtype``) into the rows ``idx`` (local positions)."""
+        rows = self.embeddings.transpose(0, 1)  # shape: (M_r, H, D)
+        if rows.is_contiguous():
+            rows.index_copy_(0, idx, stored.transpose(0, 1))
+        else:
+            self._scatter(idx, stored)
+
     def _deltas(self, idx: Tensor, new: Tensor | None) -> list[Tensor]:
         """``[ΔG, Δb]`` (``Δb`` with inducing values only) of replacing the local rows ``idx`` by ``new``.
 
@@ -324,8 +341,7 @@ class CachedDeepKernel(Kernel):
                 parts.append(torch.zeros_like(self.cross))
             return parts
         fresh = new.to(stats_dtype)  # shape: (H, b, D)
-        # index_select, not [:, idx]: advanced indexing on the middle dimension is several times slower.
-        old = self.embeddings.index_select(1, idx).to(stats_dtype)  # shape: (H, b, D)
+        old = self._gather(idx).to(stats_dtype)  # shape: (H, b, D)
         parts = [fresh.mT @ fresh - old.mT @ old]
         if self.has_inducing_values:
             v = self.inducing_values.index_select(0, idx).T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
@@ -511,7 +527,7 @@ class CachedDeepKernel(Kernel):
         sums = torch.zeros(2, dtype=torch.float64, device=self.embeddings.device)
         if idx.numel():
             current = self._embed_checked(inputs, idx.numel(), "inputs", idx + self.shard_start)
-            cached = self.embeddings.index_select(1, idx).to(current.dtype)
+            cached = self._gather(idx).to(current.dtype)
             sums = torch.stack([(cached - current).double().square().sum(), current.double().square().sum()])
         num, den = self.sharding.sum([sums], "the staleness all-reduce")[0]
         return float(num.sqrt() / den.sqrt().clamp_min(1e-30))
