@@ -23,12 +23,12 @@ from ..distillation import (
     predict_gp_and_ann,
     save_explainer,
 )
-from ..distillation.checkpointing import _load_failure_reason
 from ..explain import nearest_neighbours
 from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
+from ..utils.torch_load import load_failure_reason
 from .arguments import integer_at_least
 from .common import add_common_options, apply_common_options
 
@@ -104,7 +104,7 @@ def load_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = _load_failure_reason(error)
+        reason = load_failure_reason(error)
         raise ValueError(
             f"checkpoint: {path} is truncated or corrupted, or not the network's weights ({reason})"
         ) from error
