@@ -108,7 +108,7 @@ def test_reentering_an_active_hook_set_is_refused_and_remove_is_idempotent() -> 
     hooks = ForwardHooks({"0": net[0]}, lambda call: None)
     with hooks:
         with pytest.raises(RuntimeError, match="already active"):
-            hooks.__enter__()
+            hooks.register()
         assert hooks.active and _hook_count(net) == 1
     hooks.remove()
     assert not hooks.active and _hook_count(net) == 0

@@ -101,7 +101,7 @@ class ForwardHooks:
 
     @property
     def active(self) -> bool:
-        """Whether the hooks are registered (between ``__enter__`` and ``remove``)."""
+        """Whether the hooks are registered (between :meth:`register` and :meth:`remove`)."""
         return bool(self._handles)
 
     def _output_hook(self, name: str) -> Callable[..., Any]:
@@ -120,7 +120,12 @@ class ForwardHooks:
 
         return hook
 
-    def __enter__(self) -> ForwardHooks:
+    def register(self) -> ForwardHooks:
+        """Register the hooks (``__enter__`` does this; for owners that manage the lifetime
+        themselves, paired with :meth:`remove`). Returns ``self``.
+
+        :raises RuntimeError: the hooks are already registered.
+        """
         if self._handles:
             raise RuntimeError("ForwardHooks: already active; leave the block before entering it again")
         try:
@@ -134,6 +139,9 @@ class ForwardHooks:
             self.remove()
             raise
         return self
+
+    def __enter__(self) -> ForwardHooks:
+        return self.register()
 
     def __exit__(
         self,

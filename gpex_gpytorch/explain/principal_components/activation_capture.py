@@ -204,7 +204,7 @@ class ActivationRecorder:
     def __enter__(self) -> ActivationRecorder:
         if self._hooks.active:
             raise RuntimeError("ActivationRecorder is already active")
-        self._hooks.__enter__()
+        self._hooks.register()
         return self
 
     def __exit__(
@@ -276,7 +276,7 @@ class LayerRewriter:
     def __enter__(self) -> LayerRewriter:
         if self._hooks.active:
             raise RuntimeError("LayerRewriter is already active")
-        self._hooks.__enter__()
+        self._hooks.register()
         return self
 
     def __exit__(
