@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -17,13 +18,12 @@ from gpex_gpytorch.explain.debugging_baselines import (
     fit_representer_points,
     influence_scores,
     knn_scores,
-    last_layer_hvp,
-    lissa_inverse_hvp,
     loss_scores,
-    random_scores,
+    random_review_scores,
     tracin_last_layer,
 )
 from gpex_gpytorch.explain.debugging_baselines import tracin as tracin_module
+from gpex_gpytorch.explain.debugging_baselines.influence_functions import last_layer_hvp, lissa_inverse_hvp
 
 
 def _toy(n: int = 30, d: int = 4, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,8 +105,8 @@ def test_knn_loss_random_known_values() -> None:
     torch.testing.assert_close(knn_scores(train, torch.tensor([[1.0, 0.0]]), metric="euclidean")[0, 0].item(), 0.0)
     logits, labels = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 0])
     torch.testing.assert_close(loss_scores(logits, labels), F.cross_entropy(logits, labels, reduction="none").double())
-    assert torch.equal(random_scores(5, seed=3), random_scores(5, seed=3))
-    assert not torch.equal(random_scores(5, seed=3), random_scores(5, seed=4))
+    assert torch.equal(random_review_scores(5, seed=3), random_review_scores(5, seed=3))
+    assert not torch.equal(random_review_scores(5, seed=3), random_review_scores(5, seed=4))
 
 
 def test_captum_availability_follows_the_import_system(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,8 +157,28 @@ def test_benchmark_runs_every_method_and_skips_missing_optional_rows(monkeypatch
     assert "captum" in run["skipped"]["TracIn (captum TracInCPFast)"]
     assert set(run["methods"]) == set(bench.METHODS) - {"TracIn (captum TracInCPFast)"}
     assert run["num_flipped"] == round(0.45 * run["num_train"]) and "flagged" not in run
-    assert 0.0 <= run["fit_flipped"] <= 1.0 and run["retrain_counts"] == [round(0.3 * run["num_train"])]
+    assert run["retrain_counts"] == [round(0.3 * run["num_train"])]
+    fitted = run["fit_flipped"] * run["num_flipped"]  # a count of flipped labels, as a fraction
+    assert fitted == pytest.approx(round(fitted), abs=1e-9) and 0 <= round(fitted) <= run["num_flipped"]
     assert run["final_refresh"] is not None  # the GP's cache was refreshed before ranking
+
+
+def test_fitted_fraction_counts_the_reproduced_labels_of_the_given_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _benchmark(monkeypatch)
+    network = torch.nn.Identity()  # predicts the arg-max of its input: classes 0, 1, 2, 3
+    labels = torch.tensor([0, 1, 0, 0])
+    rows = torch.tensor([True, True, True, False])
+    assert bench.fitted_fraction(network, torch.eye(4), labels, rows) == pytest.approx(2 / 3)
+    assert bench.fitted_fraction(network, torch.eye(4), labels, ~rows) == 0.0
+    assert math.isnan(bench.fitted_fraction(network, torch.eye(4), labels, torch.zeros(4, dtype=torch.bool)))
+
+
+def test_random_scores_is_a_deprecated_alias_of_random_review_scores() -> None:
+    from gpex_gpytorch.explain.debugging_baselines import random_scores
+
+    with pytest.warns(DeprecationWarning, match="random_scores is deprecated; use .*random_review_scores"):
+        old = random_scores(7, seed=2)
+    assert torch.equal(old, random_review_scores(7, seed=2))
 
 
 def test_benchmark_flags_cells_with_too_few_misclassified(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,4 +234,4 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="train_labels"):
         loss_scores(torch.zeros(3, 2), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="num_train"):
-        random_scores(0)
+        random_review_scores(0)

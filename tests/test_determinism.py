@@ -45,7 +45,8 @@ def _fit(ann: nn.Module, data: TensorDataset, seed: int) -> Distiller:
 def _outputs(distiller: Distiller, x: torch.Tensor) -> dict[str, object]:
     mean, variance = distiller.model_.predict(x)
     # every record but the wall-clock seconds
-    history = [{k: v for k, v in record.items() if k not in ("seconds", "step_seconds")} for record in distiller.history_]
+    timing = ("seconds", "step_seconds")
+    history = [{k: v for k, v in record.items() if k not in timing} for record in distiller.history_]
     return {"state": distiller.model_.state_dict(), "history": history, "mean": mean, "variance": variance}
 
 

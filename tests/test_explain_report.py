@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpex_gpytorch.cli import main
@@ -47,6 +48,57 @@ def test_grid_png_with_and_without_maps(tmp_path: Path) -> None:
         neighbour_maps=torch.randn(2, 3, 4, 4),
     )
     assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def _grid_content(fig: object, n: int, k: int, rows_per: int) -> tuple[list[list[str]], list[list[list[np.ndarray]]]]:
+    """Titles and drawn arrays of every panel, as a (row, column) grid."""
+    axes = fig.axes  # type: ignore[attr-defined]
+    titles = [[axes[r * (k + 1) + c].get_title() for c in range(k + 1)] for r in range(n * rows_per)]
+    arrays = [
+        [[np.asarray(image.get_array()) for image in axes[r * (k + 1) + c].images] for c in range(k + 1)]
+        for r in range(n * rows_per)
+    ]
+    return titles, arrays
+
+
+def test_neighbour_grid_draws_the_given_similarities_labels_images_and_maps() -> None:
+    torch.manual_seed(0)
+    n, k = 2, 3
+    tests, neighbours = torch.rand(n, 1, 8, 8), torch.rand(n, k, 1, 8, 8)
+    labels = torch.tensor([[1, 7, 7], [0, 3, 9]])
+    drawn = {}
+    for name, scale in (("a", 1.0), ("b", -2.0)):
+        similarities = scale * torch.tensor([[0.9, 0.5, 0.25], [0.8, 0.4, 0.125]])
+        test_maps, neighbour_maps = scale * torch.randn(n, k, 4, 4), scale * torch.randn(n, k, 4, 4)
+        fig = neighbour_grid(
+            tests,
+            neighbours,
+            similarities=similarities,
+            test_labels=[4, 5],
+            neighbour_labels=labels,
+            heads=torch.tensor([2, 6]),
+            test_maps=test_maps,
+            neighbour_maps=neighbour_maps,
+        )
+        titles, arrays = _grid_content(fig, n, k, rows_per=2)
+        for i in range(n):
+            top, bottom = 2 * i, 2 * i + 1
+            assert titles[top][0] == f"test y={4 + i}\nhead {[2, 6][i]}"
+            np.testing.assert_array_equal(arrays[top][0][0], tests[i, 0].numpy())
+            for j in range(k):
+                assert titles[top][j + 1] == f"y={int(labels[i, j])} s={float(similarities[i, j]):.3g}"
+                image, overlay = arrays[top][j + 1]
+                np.testing.assert_array_equal(image, neighbours[i, j, 0].numpy())
+                np.testing.assert_array_equal(overlay, neighbour_maps[i, j].double().numpy())
+                test_image, test_overlay = arrays[bottom][j + 1]
+                np.testing.assert_array_equal(test_image, tests[i, 0].numpy())
+                np.testing.assert_array_equal(test_overlay, test_maps[i, j].double().numpy())
+        drawn[name] = (titles, arrays)
+    # different similarities and maps give different figures (the images alone are the same)
+    assert drawn["a"][0] != drawn["b"][0]
+    assert not np.array_equal(drawn["a"][1][0][1][1], drawn["b"][1][0][1][1])
+    plain_titles, plain_arrays = _grid_content(neighbour_grid(tests, neighbours), n, k, rows_per=1)
+    assert plain_titles[0] == ["test", "", "", ""] and all(len(a) == 1 for row in plain_arrays for a in row)
 
 
 def test_report_is_self_contained_with_faithfulness_first() -> None:

@@ -16,7 +16,6 @@ from gpex_gpytorch.explain.pathways import (
     class_mean_scores,
     class_pathways,
     class_scores_for,
-    faithfulness,
     fraction_masks,
     gradient_x_activation_scores,
     layer_channels,
@@ -24,7 +23,8 @@ from gpex_gpytorch.explain.pathways import (
     matched_counts,
     paper_metrics,
     pathway_embedding_correlation,
-    random_scores,
+    pathway_faithfulness,
+    random_channel_scores,
     top_k_masks,
     train_pathway_explainer,
     transfer_faithfulness,
@@ -55,10 +55,12 @@ def test_generator_beats_random_and_topk_at_equal_sparsity(trained):
     sparsity = layer_sparsity(masks)
     assert all(0.05 < s < 0.98 for s in sparsity.values()), sparsity
 
-    ours = faithfulness(model, x, masks, labels=y)
+    ours = pathway_faithfulness(model, x, masks, labels=y)
     counts = matched_counts(masks)
-    random = faithfulness(model, x, top_k_masks(random_scores(layer_channels(model, LAYERS), len(x)), counts))
-    topk = faithfulness(model, x, top_k_masks(activation_scores(model, x, LAYERS), counts))
+    random = pathway_faithfulness(
+        model, x, top_k_masks(random_channel_scores(layer_channels(model, LAYERS), len(x)), counts)
+    )
+    topk = pathway_faithfulness(model, x, top_k_masks(activation_scores(model, x, LAYERS), counts))
     # Equal sparsity, instance by instance and layer by layer.
     assert layer_sparsity(top_k_masks(activation_scores(model, x, LAYERS), counts)) == pytest.approx(sparsity)
     for baseline in (random, topk):
@@ -89,7 +91,7 @@ def test_generator_beats_random_and_topk_at_equal_sparsity(trained):
     assert same_size["sparsity"] == pytest.approx(
         100.0 * (1 - sum(math.ceil(0.3 * c) / c for c in (32, 64, 64, 128)) / 4)
     )
-    matched = faithfulness(model, x, top_k_masks(class_mean, counts))
+    matched = pathway_faithfulness(model, x, top_k_masks(class_mean, counts))
     assert matched["agreement"] > 0.95
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gpex_gpytorch.explain.pathways import apply_channel_masks, capture_outputs, layer_channels, resolve_layers
+from gpex_gpytorch.explain.pathways import apply_channel_masks, layer_channels
+from gpex_gpytorch.explain.pathways.channel_masks import capture_outputs, resolve_layers
 
 
 class TinyNet(nn.Module):

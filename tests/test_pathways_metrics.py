@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -14,36 +16,35 @@ from gpex_gpytorch.explain.pathways import (
     PathwayExplainer,
     PathwayGenerator,
     PathwayObjective,
-    binarize,
     class_iou,
     class_mean_scores,
     class_pathways,
-    class_relevance_loss,
     class_scores_for,
     deletion_insertion_curves,
-    faithfulness,
-    faithfulness_gate,
-    faithfulness_loss,
     fraction_masks,
     gradient_x_activation_scores,
-    kernel_similarity,
     layer_sparsity,
-    mask_density,
-    mask_iou,
     matched_counts,
     minimal_faithful_masks,
-    pairwise_iou,
     paper_metrics,
     pathway_embedding_correlation,
+    pathway_faithfulness,
     pathway_kernel_survival,
-    prototype_loss,
-    random_scores,
-    sparsity_loss,
-    submodule_inputs,
+    random_channel_scores,
     top_k_masks,
     transfer_faithfulness,
 )
-from gpex_gpytorch.explain.pathways.gpex_connection import spearman_upper
+from gpex_gpytorch.explain.pathways.generator import binarize
+from gpex_gpytorch.explain.pathways.gpex_connection import kernel_similarity, spearman_upper, submodule_inputs
+from gpex_gpytorch.explain.pathways.metrics import mask_iou, pairwise_iou
+from gpex_gpytorch.explain.pathways.objectives import (
+    class_relevance_loss,
+    faithfulness_gate,
+    faithfulness_loss,
+    mask_density,
+    prototype_loss,
+    sparsity_loss,
+)
 
 
 def test_iou_of_hand_made_masks():
@@ -102,7 +103,7 @@ def test_top_k_masks_and_matched_counts():
         top_k_masks(scores, {"a": 5})
     with pytest.raises(ValueError, match="counts: expected the layers"):
         top_k_masks(scores, {"b": 1})
-    random = top_k_masks(random_scores({"a": 10}, 50, seed=0), {"a": 3})
+    random = top_k_masks(random_channel_scores({"a": 10}, 50, seed=0), {"a": 3})
     assert torch.equal(random["a"].sum(1), torch.full((50,), 3.0))
 
 
@@ -163,12 +164,12 @@ def test_faithfulness_curves_transfer_and_gradient_scores():
     full = net(x)
     assert torch.equal(full.argmax(1), torch.tensor([0, 0, 0]))
     keep_all = {"hidden": torch.ones(3, 3)}
-    assert faithfulness(net, x, keep_all, labels=torch.tensor([0, 0, 1])) == pytest.approx(
+    assert pathway_faithfulness(net, x, keep_all, labels=torch.tensor([0, 0, 1])) == pytest.approx(
         {"agreement": 1.0, "confidence_ratio": 1.0, "kl": 0.0, "accuracy": 2 / 3, "full_accuracy": 2 / 3}, abs=1e-6
     )
     # dropping unit 2 (weight 2 to class 0, -1 to class 1): logits [[1,0],[0,1],[2,1]] -> second flips
     drop = {"hidden": torch.tensor([[1.0, 1.0, 0.0]] * 3)}
-    assert faithfulness(net, x, drop)["agreement"] == pytest.approx(2 / 3)
+    assert pathway_faithfulness(net, x, drop)["agreement"] == pytest.approx(2 / 3)
     # gradient x activation for class 0: d logit0 / d h = [1, 0, 2] -> scores h * [1, 0, 2]
     scores = gradient_x_activation_scores(net, x, ["hidden"])
     assert torch.allclose(scores["hidden"], torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 2.0], [2.0, 0.0, 6.0]]))
@@ -283,7 +284,7 @@ def test_fraction_masks_and_minimal_faithful_fraction():
     # instance 1 keeping only unit 1 predicts class 1; with units 1 and 2 it is back to class 0
     torch.testing.assert_close(chosen, torch.tensor([1 / 3, 2 / 3, 1 / 3], dtype=torch.float64))
     assert masks["hidden"].tolist() == [[0, 0, 1], [0, 1, 1], [1, 0, 0]]
-    assert faithfulness(net, x, masks)["agreement"] == 1.0
+    assert pathway_faithfulness(net, x, masks)["agreement"] == 1.0
     # asking for 99% of the confidence: instance 0 on unit 2 alone keeps sigmoid(3)/sigmoid(4) = 0.97 only
     _, strict = minimal_faithful_masks(net, x, ranking, fractions=(1 / 3, 2 / 3, 1.0), min_confidence_ratio=0.99)
     assert strict[0] == pytest.approx(2 / 3)
@@ -336,3 +337,20 @@ def test_gp_survival_against_brute_force():
         submodule_inputs(pipeline, "head", x)
     with pytest.raises(ValueError, match="masks"):
         submodule_inputs(pipeline, "2", x, {"0": masks["0"][:3]})
+
+
+def test_old_names_are_deprecated_aliases_of_the_renamed_ones():
+    from gpex_gpytorch.explain.pathways import faithfulness, random_scores
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3))
+    x, masks = torch.randn(6, 4), {"0": torch.ones(6, 3)}
+    with pytest.warns(DeprecationWarning, match="faithfulness is deprecated; use .*pathway_faithfulness"):
+        assert faithfulness(net, x, masks) == pathway_faithfulness(net, x, masks)
+    with pytest.warns(DeprecationWarning, match="random_scores is deprecated; use .*random_channel_scores"):
+        old = random_scores({"0": 3}, 5, seed=1)
+    assert torch.equal(old["0"], random_channel_scores({"0": 3}, 5, seed=1)["0"])
+    sys.modules.pop("gpex_gpytorch.explain.pathways.baselines", None)
+    with pytest.warns(DeprecationWarning, match="pathways.baselines is deprecated; import from .*mask_baselines"):
+        baselines = importlib.import_module("gpex_gpytorch.explain.pathways.baselines")
+    assert baselines.top_k_masks is top_k_masks and baselines.random_channel_scores is random_channel_scores

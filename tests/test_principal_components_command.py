@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from gpex_gpytorch.datasets import digits
-from gpex_gpytorch.explain.principal_components import Ablation, ablated, evaluate, fit_layer_pca
+from gpex_gpytorch.explain.principal_components import Ablation, ablated, fit_layer_pca
+from gpex_gpytorch.explain.principal_components.completeness import evaluate
 from gpex_gpytorch.models import digits_cnn
 
 
@@ -22,6 +24,7 @@ def test_gpex_pca_writes_json_and_figures(tmp_path) -> None:
     argv += ["--max-examples", "300"]
     assert main(argv) == 0
     summary = json.loads((out / "pca.json").read_text())
+    train_labels = digits.load_digits(seed=1)[0].tensors[1][:300]  # the command's --seed 1 --max-examples 300
     assert set(summary["layers"]) == {"penultimate_post", "penultimate_pre", "conv"}
     accuracy = summary["test_accuracy"]
     for key, layer in summary["layers"].items():
@@ -45,9 +48,16 @@ def test_gpex_pca_writes_json_and_figures(tmp_path) -> None:
             assert len(summary_basis["directions"]) == min(32, f)
             purity = summary_basis["extremes"]["purity_top"]
             assert summary_basis["mean_extremes"]["purity_top"] == pytest.approx(sum(purity) / len(purity))
-            assert all(1 / 10 <= v <= 1.0 for v in purity)  # at least 1 of 10 classes among 50 images
+            # a share of the 50 top images, and at least 5 of them share a label (10 classes)
+            assert all(v * 50 == pytest.approx(round(v * 50)) and 5 <= round(v * 50) <= 50 for v in purity)
             # quantile rows are ordered by score: monotonicity 1 unless scores tie (dead ReLU units)
             assert layer["grids"]["quantile"][basis]["rows"][0]["coverage"] > 0.5
+            # each grid row's purity recomputed from the training labels of the inputs it shows
+            for sampling in ("quantile", "top", "nearest"):
+                grid = layer["grids"][sampling][basis]
+                for inputs, row in zip(grid["inputs"], grid["rows"], strict=True):
+                    counts = Counter(train_labels[inputs].tolist())
+                    assert row["purity"] == pytest.approx(max(counts.values()) / len(inputs))
     assert summary["layers"]["penultimate_post"]["num_features"] == 48
 
 

@@ -12,17 +12,17 @@ from gpex_gpytorch.explain.principal_components import (
     LayerActivations,
     LayerPCA,
     StreamingPCA,
-    direction_grid,
     interpretability_summary,
-    nearest_along_direction,
     pc_vs_neuron_grids,
-    row_interpretability,
 )
 from gpex_gpytorch.explain.principal_components.interpretability import (
+    direction_grid,
     direction_scores,
     label_entropy,
     label_purity,
+    nearest_along_direction,
     quantile_along_direction,
+    row_interpretability,
     spearman,
 )
 

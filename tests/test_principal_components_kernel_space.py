@@ -13,10 +13,10 @@ from gpex_gpytorch.explain.principal_components import (
     gpex_kernel_space_pca,
     kernel_space_grids,
     kernel_space_pca,
-    nearest_along_direction,
     pc_vs_neuron_grids,
-    posterior_mean_weights,
 )
+from gpex_gpytorch.explain.principal_components.interpretability import nearest_along_direction
+from gpex_gpytorch.explain.principal_components.kernel_space import posterior_mean_weights
 
 D, N, M = 6, 200, 50
 

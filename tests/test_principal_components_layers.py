@@ -11,15 +11,13 @@ from gpex_gpytorch.explain.principal_components import (
     Ablation,
     ActivationRecorder,
     LayerRewriter,
-    ablate,
     ablated,
-    ablation_curve,
     ablation_curves,
     collect_layer_activations,
-    evaluate,
     fit_layer_pca,
     variance_completeness,
 )
+from gpex_gpytorch.explain.principal_components.completeness import ablate, ablation_curve, evaluate
 
 
 class TinyCNN(nn.Module):

@@ -9,13 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 
-from gpex_gpytorch.explain.principal_components import (
-    StreamingPCA,
-    fit_layer_pca,
-    k_for_fraction,
-    pca_lowrank,
-    variance_completeness,
-)
+from gpex_gpytorch.explain.principal_components import StreamingPCA, fit_layer_pca, variance_completeness
+from gpex_gpytorch.explain.principal_components.completeness import k_for_fraction
+from gpex_gpytorch.explain.principal_components.streaming_pca import pca_lowrank
 
 
 def planted(n: int, f: int, variances: list[float], seed: int = 0, offset: float = 3.0) -> tuple[torch.Tensor, ...]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gpex_gpytorch.explain import capture_submodule, resolve_submodule
+from gpex_gpytorch.explain import capture_submodule
+from gpex_gpytorch.explain.submodule_capture import resolve_submodule
 
 
 class Gated(nn.Module):

@@ -56,7 +56,15 @@ def test_fit_shapes_and_constant_head(fitted: tuple[Masked, SubmoduleExplainer, 
     assert explainer.constant_heads_ == [0]
     report = explainer.score(loader)
     assert report.constant_heads == [0] and report.pearson_per_head[0] is None
-    assert all(isinstance(c, float) for c in report.pearson_per_head[1:])
+    # brute force: Pearson of GP mean and the mask branch's output, head by head, over the loader
+    model = explainer.pipeline
+    with torch.no_grad():
+        s = model.stem(torch.cat([batch[0] for batch in loader]))
+        target = model.mask(s).reshape(s.shape[0], -1).double()
+        mean = explainer.model_.predict(s)[0].double()
+    for head in range(1, 4):
+        expected = float(torch.corrcoef(torch.stack([mean[:, head], target[:, head]]))[0, 1])
+        assert report.pearson_per_head[head] == pytest.approx(expected, abs=1e-5)
     mean, variance = explainer.predict(explainer.capture_.inputs[:5])
     assert mean.shape == variance.shape == (5, 1, 2, 2)
 
@@ -128,9 +136,20 @@ def test_compare_reports_accuracy(fitted: tuple[Masked, SubmoduleExplainer, list
     result = compare_pipeline(
         model, "mask", explainer.model_, loader, forward_fn=lambda m, b: m(b[0]), label_fn=lambda b: b[1]
     )
-    assert result.num_samples == 96 and 0 <= result.agreement <= 1
-    assert result.accuracy is not None and result.accuracy_with_gp is not None
-    assert result.mean_abs_change > 0
+    model.eval()
+    with torch.no_grad():
+        x, labels = (torch.cat(parts) for parts in zip(*loader, strict=True))
+        original = model(x)
+        s = model.stem(x)
+        mean, _ = explainer.predict(s)
+        with_gp = model.head((model.features(s).reshape(-1, 4, 2, 2) * mean).flatten(1))
+    assert result.num_samples == 96
+    assert result.accuracy == pytest.approx(float((original.argmax(1) == labels).double().mean()))
+    assert result.accuracy_with_gp == pytest.approx(float((with_gp.argmax(1) == labels).double().mean()))
+    assert result.agreement == pytest.approx(float((with_gp.argmax(1) == original.argmax(1)).double().mean()))
+    change = (with_gp.double() - original.double()).abs()
+    assert result.mean_abs_change == pytest.approx(float(change.mean()), rel=1e-4)
+    assert result.max_abs_change == pytest.approx(float(change.max()), rel=1e-4)
 
 
 def test_bad_inputs(fitted: tuple[Masked, SubmoduleExplainer, list]) -> None:

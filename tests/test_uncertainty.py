@@ -12,9 +12,14 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from gpex_gpytorch.explain import misclassification_auroc, posterior_variance, variance_auroc
+from gpex_gpytorch.explain import misclassification_auroc
 from gpex_gpytorch.explain.error_detection import auroc, error_detection_report, weighted_auroc
-from gpex_gpytorch.explain.uncertainty import argmax_change_log_probability, error_scores
+from gpex_gpytorch.explain.uncertainty import (
+    argmax_change_log_probability,
+    error_scores,
+    posterior_variance,
+    variance_auroc,
+)
 from gpex_gpytorch.kernels import CachedDeepKernel
 from gpex_gpytorch.models.gpex_model import GPEXModel
 

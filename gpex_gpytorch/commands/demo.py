@@ -28,7 +28,7 @@ from ..explain.figures import save_neighbour_grid
 from ..models import DigitsCNN
 from ..models.classifier_training import fit_classifier
 from ..models.gpex_model import GPEXModel
-from ..utils.checkpoint_files import load_failure_reason
+from ..utils.torch_load import load_failure_reason
 from .arguments import integer_at_least
 from .common import add_common_options, apply_common_options
 

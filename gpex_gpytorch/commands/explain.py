@@ -121,7 +121,8 @@ def _grid(
 def run(args: argparse.Namespace) -> int:
     """Explain the demo's network; returns 0, or 2 with a message on stderr for bad arguments."""
     from ..distillation import faithfulness, predict_gp_and_ann
-    from ..explain import misclassification_auroc, write_report
+    from ..explain import write_report
+    from ..explain.uncertainty import misclassification_auroc
     from .demo import load_demo
 
     if args.checkpoint is None or args.explainer is not None:

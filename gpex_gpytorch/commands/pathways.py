@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, weights: list[float]) -> None:
     from ..datasets.digits import load_digits
     from ..explain import pathways as pw
+    from ..explain.pathways.objectives import mask_density
     from ..models.classifier_training import accuracy, fit_classifier
     from ..models.digits_cnn import DigitsCNN
 
@@ -187,7 +188,7 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
     class_table = pw.class_mean_scores(scores_train["gradient_x_activation"], predicted_train, 10)
     scores_train["class_mean_gradient_x_activation"] = pw.class_scores_for(class_table, predicted_train)
     scores = {
-        "random": pw.random_scores(channels, len(x_test), seed=args.seed),
+        "random": pw.random_channel_scores(channels, len(x_test), seed=args.seed),
         "top_k_activation": pw.activation_scores(model, x_test, layers),
         "gradient_x_activation": pw.gradient_x_activation_scores(model, x_test, layers),
         "class_mean_gradient_x_activation": pw.class_scores_for(class_table, predicted_test),
@@ -198,10 +199,10 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
         masks = explainer.masks(x_test)
         counts = pw.matched_counts(masks)
         entry["density"] = _density(masks)
-        entry["instance_density"] = _describe(pw.mask_density(masks))
+        entry["instance_density"] = _describe(mask_density(masks))
         compared = {"generator": masks} | {n: pw.top_k_masks(score, counts) for n, score in scores.items()}
         entry["faithfulness"] = {
-            name: pw.faithfulness(model, x_test, m, labels=y_test, full_logits=full_test)
+            name: pw.pathway_faithfulness(model, x_test, m, labels=y_test, full_logits=full_test)
             for name, m in compared.items()
         }
         entry["paper_metrics"] = {
@@ -214,7 +215,7 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
     masks = explainer.masks(x_test)
     counts = pw.matched_counts(masks)
     method_masks = {"generator": masks} | {n: pw.top_k_masks(s, counts) for n, s in scores.items()}
-    instance_density = pw.mask_density(masks)
+    instance_density = mask_density(masks)
     result: dict[str, Any] = {
         "command": "gpex pathways " + " ".join(_argv(args)),
         "dataset": {"name": "sklearn digits", "train": len(x_train), "test": len(x_test)},
@@ -244,7 +245,7 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
                 {
                     "fraction": fraction,
                     "density": _density(m),
-                    "faithfulness": pw.faithfulness(model, x_test, m, full_logits=full_test),
+                    "faithfulness": pw.pathway_faithfulness(model, x_test, m, full_logits=full_test),
                     "paper_metrics": pw.paper_metrics(model, x_test, m, classes=predicted_test, full_logits=full_test),
                 }
             )
@@ -261,8 +262,8 @@ def _study(args: argparse.Namespace, weights: list[float]) -> None:
                 "ranking": name,
                 "min_confidence_ratio": ratio,
                 "fraction": _describe(chosen),
-                "density": _describe(pw.mask_density(m)),
-                "faithfulness": pw.faithfulness(model, x_test, m, full_logits=full_test),
+                "density": _describe(mask_density(m)),
+                "faithfulness": pw.pathway_faithfulness(model, x_test, m, full_logits=full_test),
                 "paper_metrics": pw.paper_metrics(model, x_test, m, classes=predicted_test, full_logits=full_test),
             }
     result["adaptive_fraction"] = adaptive
@@ -340,6 +341,7 @@ def _ablations(
 ) -> dict[str, Any]:
     """Re-train the generator with one design choice changed at a time; same metrics as the main point."""
     from ..explain import pathways as pw
+    from ..explain.pathways.objectives import mask_density
 
     variants: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
         # name: (objective overrides, config overrides, build overrides)
@@ -372,20 +374,20 @@ def _ablations(
         seconds = time.perf_counter() - t0
         masks = explainer.masks(x_test)
         counts = pw.matched_counts(masks)
-        density = pw.mask_density(masks)
+        density = mask_density(masks)
         iou = pw.class_iou(masks, predicted)
         pathways = pw.class_pathways(explainer.masks(x_train), predicted_train, 10)
         report[name] = {
             "training_s": seconds,
             "density": _describe(density),
-            "faithfulness": pw.faithfulness(model, x_test, masks, labels=y_test, full_logits=full_test),
-            "top_k_activation_matched": pw.faithfulness(
+            "faithfulness": pw.pathway_faithfulness(model, x_test, masks, labels=y_test, full_logits=full_test),
+            "top_k_activation_matched": pw.pathway_faithfulness(
                 model, x_test, pw.top_k_masks(activation, counts), full_logits=full_test
             ),
-            "gradient_x_activation_matched": pw.faithfulness(
+            "gradient_x_activation_matched": pw.pathway_faithfulness(
                 model, x_test, pw.top_k_masks(gradient, counts), full_logits=full_test
             ),
-            "class_mean_gradient_x_activation_matched": pw.faithfulness(
+            "class_mean_gradient_x_activation_matched": pw.pathway_faithfulness(
                 model, x_test, pw.top_k_masks(class_mean, counts), full_logits=full_test
             ),
             "class_iou": {"intra": iou.intra, "inter": iou.inter},
@@ -402,6 +404,7 @@ def _gp_survival(
 
     from ..explain import SubmoduleExplainer
     from ..explain import pathways as pw
+    from ..explain.pathways.gpex_connection import submodule_inputs
 
     explainer = SubmoduleExplainer(
         model,
@@ -413,7 +416,7 @@ def _gp_survival(
     )
     explainer.fit(DataLoader(train, batch_size=256, shuffle=False))
     test_report = explainer.score(DataLoader(TensorDataset(x_test), batch_size=256, shuffle=False))
-    full = pw.submodule_inputs(model, GP_SUBMODULE, x_test)
+    full = submodule_inputs(model, GP_SUBMODULE, x_test)
     report: dict[str, Any] = {
         "submodule": GP_SUBMODULE,
         "steps": args.gp_steps,
@@ -422,14 +425,14 @@ def _gp_survival(
         "methods": {},
     }
     for name, masks in method_masks.items():
-        masked = pw.submodule_inputs(model, GP_SUBMODULE, x_test, masks)
+        masked = submodule_inputs(model, GP_SUBMODULE, x_test, masks)
         survival = pw.pathway_kernel_survival(explainer.model_, full, masked, k=args.gp_neighbours)
         report["methods"][name] = survival.to_dict() | {"cosine": _describe(survival.per_input_cosine)}
     return report
 
 
 def _density(masks: dict[str, Tensor]) -> float:
-    from ..explain.pathways import mask_density
+    from ..explain.pathways.objectives import mask_density
 
     return float(mask_density(masks).mean())
 
@@ -508,7 +511,7 @@ def _figures(
     left.set_xticks(range(1, len(names) + 1), names)
     left.set_ylabel("sparsity (fraction of channels off)")
     left.set_title("Per-layer sparsity of generator pathways, per instance")
-    from ..explain.pathways import mask_density
+    from ..explain.pathways.objectives import mask_density
 
     density = mask_density(masks)
     for k in range(10):

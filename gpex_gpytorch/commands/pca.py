@@ -133,13 +133,13 @@ def _analyse(args: argparse.Namespace) -> int:
     from ..explain.principal_components import (
         ablation_curves,
         collect_layer_activations,
-        default_ablation_ks,
         fit_layer_pca,
         interpretability_summary,
         pc_vs_neuron_grids,
         plot_completeness,
         variance_completeness,
     )
+    from ..explain.principal_components.completeness import default_ablation_ks
     from ..models.classifier_training import accuracy, fit_classifier
     from ..models.digits_cnn import DigitsCNN
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..models.gpex_model import GPEXModel
 from ..utils import check_tensor
+from ..utils.modules import eval_mode
 
 __all__ = ["StaleCacheWarning", "check_cache_fresh"]
 
@@ -52,12 +53,8 @@ def check_cache_fresh(
         raise ValueError(f"tolerance: expected a value >= 0, got {tolerance!r}")
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(kernel.num_inducing, generator=generator)[:sample_size].sort().values
-    was_training = kernel.training
-    kernel.eval()  # the network's eval-mode embedding is the one explanations use
-    try:
+    with eval_mode(kernel):  # the network's eval-mode embedding is the one explanations use
         staleness = kernel.staleness(rows, inducing_inputs[rows].to(kernel.embeddings.device))
-    finally:
-        kernel.train(was_training)
     if staleness > tolerance:
         warnings.warn(
             f"the inducing cache is stale (relative difference {staleness:.2g} from the kernel network on "

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..models.gpex_model import GPEXModel
 from ..utils.batch_shape import check_batched
+from ..utils.modules import eval_mode
 from .contributions import Contributions, posterior_contributions
 from .kernel_similarity import DEFAULT_METRIC
 from .nearest_neighbours import nearest_neighbours
@@ -341,12 +342,8 @@ def explain(
     mean, variance = model.predict(x)
     network_output = None
     if network is not None:
-        was_training = network.training
-        network.eval()
-        try:
+        with eval_mode(network):
             network_output = network(x)
-        finally:
-            network.train(was_training)
         if not isinstance(network_output, Tensor) or network_output.shape != mean.shape:
             got = tuple(network_output.shape) if isinstance(network_output, Tensor) else type(network_output).__name__
             raise ValueError(

@@ -1,9 +1,10 @@
 """Run a pipeline with one sub-module's output replaced by its GP, and measure what changes.
 
 The swap is a forward hook on the sub-module that *returns* the replacement (PyTorch then uses
-it as the sub-module's output); the sub-module's own ``forward`` is untouched and still runs.
-Leaving the context removes the hook (also when an exception is raised), so the pipeline's
-output afterwards is exactly what it was before.
+it as the sub-module's output; :class:`~gpex_gpytorch.utils.hooks.ForwardHooks`); the
+sub-module's own ``forward`` is untouched and still runs. Leaving the context removes the hook
+(also when an exception is raised), so the pipeline's output afterwards is exactly what it was
+before.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.gpex_model import GPEXModel
+from ..utils.hooks import ForwardHooks, ModuleCall
 from .submodule_capture import ForwardFn, preserved_modes, resolve_submodule, run_pipeline
 
 __all__ = ["PipelineComparison", "compare_pipeline", "gp_replacement", "substitute_gp"]
@@ -90,7 +92,8 @@ def substitute_gp(
         raise TypeError(f"model: expected a GPEXModel, got {type(model).__name__}")
     dotted, module = resolve_submodule(pipeline, name)
 
-    def hook(_: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor:
+    def replace(call: ModuleCall) -> Tensor:
+        output, args = call.output, call.args
         if not isinstance(output, Tensor):
             raise TypeError(f"sub-module {dotted!r}: expected a tensor output to replace, got {type(output).__name__}")
         if len(args) != 1 or not isinstance(args[0], Tensor):
@@ -98,11 +101,8 @@ def substitute_gp(
         replacement = gp_replacement(model, args[0], tuple(output.shape[1:]), mode=mode, generator=generator)
         return replacement.to(dtype=output.dtype, device=output.device)
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with ForwardHooks({dotted: module}, replace):
         yield module
-    finally:
-        handle.remove()
 
 
 @dataclass(frozen=True)

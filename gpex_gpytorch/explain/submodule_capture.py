@@ -1,9 +1,10 @@
 """Capture what a named sub-module of a pipeline receives and returns, while the pipeline runs as usual.
 
 The user's own data loader drives ordinary forward passes of the whole pipeline; a forward hook
-on the sub-module records its input and output. Nothing about the pipeline is changed: the hook
-is removed in a ``finally`` block, no ``forward`` is replaced, and every module's train/eval flag
-is restored afterwards.
+on the sub-module (:class:`~gpex_gpytorch.utils.hooks.ForwardHooks`) records its input and output.
+Nothing about the pipeline is changed: the hook is removed on exit whatever happens, no
+``forward`` is replaced, and every module's train/eval flag is restored afterwards
+(:func:`~gpex_gpytorch.utils.modules.restored_modes`).
 
 How a batch reaches the pipeline (:func:`run_pipeline`):
 
@@ -29,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..utils import resolve_submodule as shared_resolve_submodule
+from ..utils.hooks import ForwardHooks, ModuleCall
+from ..utils.modules import resolve_submodule as shared_resolve_submodule
+from ..utils.modules import restored_modes
 from ..utils.network_output import OutputSelector, check_output_selector, select_output
 from .submodule_call import SubmoduleCall
 
@@ -65,17 +68,14 @@ def preserved_modes(pipeline: nn.Module, *, eval_mode: bool = True) -> Iterator[
     """Optionally switch ``pipeline`` to eval mode, and restore every module's own flag afterwards.
 
     Flags are saved per module (not only the root's), so pipelines with mixed modes — e.g. a
-    frozen backbone in eval mode inside a model in train mode — come back exactly as they were.
+    frozen backbone in eval mode inside a model in train mode — come back exactly as they were
+    (:func:`~gpex_gpytorch.utils.modules.restored_modes`).
     """
-    saved = [(module, module.training) for module in pipeline.modules()]
-    try:
+    with restored_modes(pipeline):
         if eval_mode:
             # Eval mode keeps BatchNorm running statistics (buffers) untouched and dropout off.
             pipeline.eval()
         yield
-    finally:
-        for module, training in saved:
-            module.training = training
 
 
 def _to_device(value: Any, device: torch.device | None) -> Any:
@@ -206,11 +206,11 @@ def capture_submodule(
     outputs: list[Tensor] = []
     shapes: list[tuple[int, ...]] = []
 
-    def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
+    def record(seen: ModuleCall) -> None:
         where = f"sub-module {dotted!r}"
-        selected = select_output(result, output, where)
+        selected = select_output(seen.output, output, where)
         flat = flatten_heads(selected, where)
-        call, x = SubmoduleCall.record(module, args, kwargs, input, where)
+        call, x = SubmoduleCall.record(module, seen.args, seen.kwargs, input, where)
         if calls:
             calls[0].check_same(call, where)
         else:
@@ -225,17 +225,13 @@ def capture_submodule(
         inputs.append(x.detach().cpu())
         outputs.append(flat.detach().cpu())
 
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        with preserved_modes(pipeline, eval_mode=eval_mode):
-            for batch in loader:
-                run_pipeline(pipeline, batch, forward_fn)
-                count = sum(o.shape[0] for o in outputs)
-                if max_samples is not None and count >= max_samples:
-                    break
-    finally:
-        # Removed whatever happened, so the pipeline never keeps a stray hook.
-        handle.remove()
+    # The hook is removed whatever happens, so the pipeline never keeps a stray one.
+    with ForwardHooks({dotted: module}, record), preserved_modes(pipeline, eval_mode=eval_mode):
+        for batch in loader:
+            run_pipeline(pipeline, batch, forward_fn)
+            count = sum(o.shape[0] for o in outputs)
+            if max_samples is not None and count >= max_samples:
+                break
     if not outputs:
         raise ValueError(f"loader: the pipeline ran without calling sub-module {dotted!r} (or the loader is empty)")
     x_all, y_all = torch.cat(inputs), torch.cat(outputs)

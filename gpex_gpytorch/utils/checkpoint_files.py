@@ -32,7 +32,9 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["check_writable", "load_checkpoint", "load_failure_reason", "save_checkpoint", "write_json_atomically"]
+from .torch_load import load_failure_reason
+
+__all__ = ["check_writable", "load_checkpoint", "save_checkpoint", "write_json_atomically"]
 
 DIGEST_KEY = "sha256"
 
@@ -180,17 +182,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         if isinstance(cause, OSError):
             raise _write_failure(path, cause, "write") from error
         raise
-
-
-def load_failure_reason(error: BaseException) -> str:
-    """What made ``torch.load`` fail, without torch's advice to retry with ``weights_only=False``
-    (which would unpickle arbitrary code, the very thing checkpoints must not need)."""
-    text = str(error)
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\s+Please use|\n\n|$)", text, flags=re.S)
-    if found and found.group(1).strip():
-        return f"unpickling stopped: {' '.join(found.group(1).split())}"
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first.split(". This is an internal")[0]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

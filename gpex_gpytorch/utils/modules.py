@@ -1,11 +1,15 @@
-"""Finding a sub-module of a model by dotted name, with helpful errors."""
+"""Sub-modules of a model: finding one by dotted name (with helpful errors), and switching
+train/eval mode for a block with every module's own flag restored afterwards."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from torch import nn
+
+__all__ = ["eval_mode", "resolve_submodule", "restored_modes", "suggest_names"]
 
 
 def suggest_names(name: str, candidates: Iterable[str], limit: int = 5) -> list[str]:
@@ -58,3 +62,65 @@ def resolve_submodule(
     raise ValueError(
         f"{argument}: the {type(model).__name__} has no sub-module {target!r}; {hint} (sub-modules: {listing})"
     )
+
+
+def _check_modules(modules: tuple[object, ...]) -> None:
+    for index, module in enumerate(modules):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"modules[{index}]: expected a torch.nn.Module, got {type(module).__name__}")
+
+
+@contextmanager
+def restored_modes(*modules: nn.Module) -> Iterator[None]:
+    """Save the train/eval flag of every module in the given trees and restore each on exit.
+
+    The flags are restored exactly, module by module (not only the roots'), so a tree with mixed
+    modes, e.g. a frozen backbone in eval mode inside a model in train mode, comes back as it was;
+    also when the block raises. Flags are restored through :meth:`torch.nn.Module.train`, parents
+    before children, so modules that override ``train`` (to drop caches, say) see the change.
+
+    :raises TypeError: for an argument that is not an ``nn.Module`` (before anything changes).
+    """
+    _check_modules(modules)
+    roots = list({id(root): root for root in modules}.values())
+    trees = [list(root.modules()) for root in roots]  # pre-order: every parent before its children
+    # A root inside another root's tree is covered by that tree (restoring it first would be undone).
+    inside = [
+        any(i != j and any(module is root for module in tree) for j, tree in enumerate(trees))
+        for i, root in enumerate(roots)
+    ]
+    saved: dict[int, tuple[nn.Module, bool]] = {}
+    for tree, nested in zip(trees, inside, strict=True):
+        if not nested:
+            for module in tree:
+                saved.setdefault(id(module), (module, module.training))
+    try:
+        yield
+    finally:
+        for module, training in saved.values():
+            if module.training != training:
+                # Sets the whole subtree; its modules come later in pre-order and are corrected in turn.
+                module.train(training)
+        for module, training in saved.values():
+            # Only a module shared between two trees can still differ here.
+            module.training = training
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put the given modules (and all their sub-modules) in eval mode for the block.
+
+    Every module's own flag is restored on exit, also when the block raises (see
+    :func:`restored_modes`).
+
+    Example::
+
+        with eval_mode(network, kernel):
+            outputs = network(x)     # dropout off, BatchNorm running statistics used, not updated
+
+    :raises TypeError: for an argument that is not an ``nn.Module`` (before anything changes).
+    """
+    with restored_modes(*modules):
+        for module in modules:
+            module.eval()
+        yield

@@ -8,20 +8,22 @@ layer followed by a normalisation with a shift (e.g. BatchNorm), zeroing its out
 silence the channel -- the shift is added back -- so such a layer is not a faithful mask site;
 only conv and linear layers are accepted here (see :func:`resolve_layers`).
 
-Everything here works through :meth:`torch.nn.Module.register_forward_hook`: the network's
-``forward`` is never replaced, and every hook registered by a context manager is removed in a
-``finally`` block, so an exception raised inside the block (or by a hook itself, e.g. a mask of
-the wrong shape) leaves the network exactly as it was.
+Everything here works through forward hooks (:class:`~gpex_gpytorch.utils.hooks.ForwardHooks`):
+the network's ``forward`` is never replaced, and every hook registered by a context manager is
+removed on exit, so an exception raised inside the block (or by a hook itself, e.g. a mask of the
+wrong shape) leaves the network exactly as it was.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from ...utils.hooks import ForwardHooks, ModuleCall, capture_forward
 
 __all__ = [
     "MASKABLE_TYPES",
@@ -159,27 +161,16 @@ def apply_channel_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> Iterat
         raise TypeError(f"masks: expected a mapping from layer name to tensor, got {type(masks).__name__}")
     modules = resolve_layers(model, list(masks), argument="masks")
     checked = {name: _check_mask(name, masks[name], _channel_count(module) or 0) for name, module in modules.items()}
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(_make_mask_hook(name, checked[name])))
-        yield model
-    finally:
-        for handle in handles:
-            handle.remove()
 
-
-_Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], "Tensor | None"]
-
-
-def _make_mask_hook(name: str, mask: Tensor) -> _Hook:
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    def mask_output(call: ModuleCall) -> Tensor:
+        output = call.output
         if not isinstance(output, Tensor):
-            raise TypeError(f"masks[{name!r}]: layer output is a {type(output).__name__}, expected a tensor")
-        dim = channel_dim(module, output)
-        return output * _broadcast_mask(name, mask, output, dim)
+            raise TypeError(f"masks[{call.name!r}]: layer output is a {type(output).__name__}, expected a tensor")
+        dim = channel_dim(call.module, output)
+        return output * _broadcast_mask(call.name, checked[call.name], output, dim)
 
-    return hook
+    with ForwardHooks(modules, mask_output):
+        yield model
 
 
 @contextmanager
@@ -192,20 +183,5 @@ def capture_outputs(model: nn.Module, layers: Sequence[str], *, detach: bool = F
     :param layers: names of conv/linear layers (see :func:`resolve_layers`).
     :param detach: store detached outputs (for feature extraction without gradients).
     """
-    modules = resolve_layers(model, layers)
-    store: dict[str, Tensor] = {}
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(_make_capture_hook(name, store, detach)))
+    with capture_forward(resolve_layers(model, layers), detach=detach) as store:
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _make_capture_hook(name: str, store: dict[str, Tensor], detach: bool) -> _Hook:
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        store[name] = output.detach() if detach else output
-
-    return hook

@@ -45,6 +45,7 @@ from gpex_gpytorch.explain.pathways.channel_masks import (
     layer_channels,
     resolve_layers,
 )
+from gpex_gpytorch.utils.modules import eval_mode
 
 __all__ = ["MaskMode", "PathwayExplainer", "PathwayGenerator", "binarize", "summarize_channels"]
 
@@ -322,11 +323,6 @@ class PathwayExplainer:
 
 def _summaries(target: nn.Module, layers: Sequence[str], x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     modules = resolve_layers(target, layers)
-    was_training = target.training
-    target.eval()
-    try:
-        with torch.no_grad(), capture_outputs(target, layers, detach=True) as outputs:
-            logits = target(x)
-    finally:
-        target.train(was_training)
+    with eval_mode(target), torch.no_grad(), capture_outputs(target, layers, detach=True) as outputs:
+        logits = target(x)
     return logits, {n: summarize_channels(modules[n], outputs[n]) for n in layers}

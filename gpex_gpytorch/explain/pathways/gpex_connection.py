@@ -45,6 +45,7 @@ from gpex_gpytorch.explain.pathways.channel_masks import apply_channel_masks
 from gpex_gpytorch.explain.pathways.metrics import pairwise_iou
 from gpex_gpytorch.models.gpex_model import GPEXModel
 from gpex_gpytorch.utils import resolve_submodule
+from gpex_gpytorch.utils.hooks import ForwardHooks, ModuleCall
 
 __all__ = [
     "EmbedFn",
@@ -225,18 +226,17 @@ def submodule_inputs(
     :param masks: ``{layer: (N, C)}`` per-instance pathways, or ``None`` for the full network.
     :raises ValueError: unknown ``submodule`` (naming the argument), or masks for another number of inputs.
     """
-    _, module = resolve_submodule(model, submodule, argument="submodule")
+    name, module = resolve_submodule(model, submodule, argument="submodule")
     if masks is not None:
-        for name, mask in masks.items():
+        for layer, mask in masks.items():
             if mask.shape[0] != x.shape[0]:
-                raise ValueError(f"masks[{name!r}]: expected {x.shape[0]} rows, one per input, got {mask.shape[0]}")
+                raise ValueError(f"masks[{layer!r}]: expected {x.shape[0]} rows, one per input, got {mask.shape[0]}")
     captured: list[Tensor] = []
 
-    def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        captured.append(args[0].detach())
+    def record(call: ModuleCall) -> None:
+        captured.append(call.value.detach())
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
+    with ForwardHooks({name: module}, record, site="input"):
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
             if masks is None:
@@ -244,8 +244,6 @@ def submodule_inputs(
             else:
                 with apply_channel_masks(model, {n: m[start : start + batch_size] for n, m in masks.items()}):
                     model(chunk)
-    finally:
-        handle.remove()
     return torch.cat(captured)
 
 

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpex_gpytorch.explain.pathways.baselines import top_k_masks
 from gpex_gpytorch.explain.pathways.channel_masks import apply_channel_masks
+from gpex_gpytorch.explain.pathways.mask_baselines import top_k_masks
+from gpex_gpytorch.utils.deprecation import deprecated_alias
 
 __all__ = [
     "ClassIoU",
@@ -37,7 +38,6 @@ __all__ = [
     "class_iou",
     "class_pathways",
     "deletion_insertion_curves",
-    "faithfulness",
     "layer_sparsity",
     "fraction_masks",
     "mask_iou",
@@ -45,6 +45,7 @@ __all__ = [
     "minimal_faithful_masks",
     "paper_metrics",
     "pairwise_iou",
+    "pathway_faithfulness",
     "transfer_faithfulness",
 ]
 
@@ -160,7 +161,7 @@ def _scores(masked: Tensor, full: Tensor) -> tuple[float, float]:
     return agreement, ratio
 
 
-def faithfulness(
+def pathway_faithfulness(
     model: nn.Module,
     x: Tensor,
     masks: Mapping[str, Tensor],
@@ -168,7 +169,10 @@ def faithfulness(
     labels: Tensor | None = None,
     full_logits: Tensor | None = None,
 ) -> dict[str, float]:
-    """Faithfulness of the masked network to the full one on ``x``.
+    """Faithfulness of the masked network (the pathway) to the full one on ``x``.
+
+    Not to be confused with :func:`gpex_gpytorch.faithfulness`, which measures how well a GP
+    matches the network it explains and returns a :class:`~gpex_gpytorch.FaithfulnessReport`.
 
     :returns: ``agreement``, ``confidence_ratio``, ``kl`` (mean ``KL(p_full || p_masked)``), and
         with ``labels`` also ``accuracy`` (masked) and ``full_accuracy``.
@@ -188,6 +192,11 @@ def faithfulness(
         result["accuracy"] = float((masked.argmax(1) == labels).float().mean())
         result["full_accuracy"] = float((full.argmax(1) == labels).float().mean())
     return result
+
+
+faithfulness = deprecated_alias(
+    pathway_faithfulness, "faithfulness", reason="gpex_gpytorch.faithfulness is the GP-vs-network report"
+)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from gpex_gpytorch.explain.pathways.generator import PathwayExplainer, binarize
 from gpex_gpytorch.explain.pathways.objectives import PathwayObjective
+from gpex_gpytorch.utils.modules import eval_mode
 
 __all__ = [
     "PathwayTrainingConfig",
@@ -74,20 +75,19 @@ class PathwayTrainingConfig:
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with ``requires_grad=False`` on every parameter; restore both on exit."""
+    """Put ``model`` in eval mode with ``requires_grad=False`` on every parameter; restore both on exit
+    (every sub-module's own train/eval flag, see :func:`~gpex_gpytorch.utils.modules.eval_mode`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def dataset_inputs(dataset: Dataset | Tensor) -> Tensor:

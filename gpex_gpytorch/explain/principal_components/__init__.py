@@ -21,61 +21,29 @@ Example::
     layer = fit_layer_pca(model, "penultimate", train_set)
     variance_completeness(layer).k_pc[0.8]
     curves = ablation_curves(model, layer, test_set)
+
+``__all__`` lists what an analysis needs; the building blocks (``ablate``, ``evaluate``,
+``direction_grid``, ``to_vectors``, ``pca_lowrank``...) are imported from their modules.
 """
 
-from .activation_capture import (
-    ActivationRecorder,
-    CapturePoint,
-    LayerRewriter,
-    apply_to_vectors,
-    resolve_capture_point,
-    to_vectors,
-)
-from .completeness import (
-    Ablation,
-    AblationCurve,
-    VarianceCompleteness,
-    ablate,
-    ablated,
-    ablation_curve,
-    ablation_curves,
-    accuracy_metric,
-    default_ablation_ks,
-    evaluate,
-    k_for_fraction,
-    variance_completeness,
-)
+from .activation_capture import ActivationRecorder, LayerRewriter
+from .completeness import Ablation, AblationCurve, VarianceCompleteness, ablated, ablation_curves, variance_completeness
 from .figures import plot_completeness
 from .interpretability import (
-    BASES,
-    SAMPLINGS,
     GridPanel,
     RowInterpretability,
-    direction_grid,
     interpretability_summary,
-    nearest_along_direction,
     pc_vs_neuron_grids,
     plot_grid_panels,
-    row_interpretability,
 )
-from .kernel_space import (
-    HeadKernelPCA,
-    KernelSpacePCA,
-    gpex_kernel_space_pca,
-    kernel_space_grids,
-    kernel_space_pca,
-    posterior_mean_weights,
-)
-from .layer_pca import LayerActivations, LayerPCA, collect_layer_activations, evaluation_mode, fit_layer_pca
-from .streaming_pca import PCAResult, StreamingPCA, pca_lowrank, symmetric_eigh
+from .kernel_space import HeadKernelPCA, KernelSpacePCA, gpex_kernel_space_pca, kernel_space_grids, kernel_space_pca
+from .layer_pca import LayerActivations, LayerPCA, collect_layer_activations, fit_layer_pca
+from .streaming_pca import PCAResult, StreamingPCA
 
 __all__ = [
-    "BASES",
-    "SAMPLINGS",
     "Ablation",
     "AblationCurve",
     "ActivationRecorder",
-    "CapturePoint",
     "GridPanel",
     "HeadKernelPCA",
     "KernelSpacePCA",
@@ -86,32 +54,16 @@ __all__ = [
     "RowInterpretability",
     "StreamingPCA",
     "VarianceCompleteness",
-    "ablate",
     "ablated",
-    "ablation_curve",
     "ablation_curves",
-    "accuracy_metric",
-    "apply_to_vectors",
     "collect_layer_activations",
-    "default_ablation_ks",
-    "direction_grid",
-    "evaluate",
-    "evaluation_mode",
     "fit_layer_pca",
     "gpex_kernel_space_pca",
     "interpretability_summary",
-    "k_for_fraction",
     "kernel_space_grids",
     "kernel_space_pca",
-    "nearest_along_direction",
     "pc_vs_neuron_grids",
-    "pca_lowrank",
     "plot_completeness",
     "plot_grid_panels",
-    "posterior_mean_weights",
-    "resolve_capture_point",
-    "row_interpretability",
-    "symmetric_eigh",
-    "to_vectors",
     "variance_completeness",
 ]

@@ -11,7 +11,8 @@ Two choices fix what "the activations of a layer" are:
   ``"pooled"`` averages over the positions (``N`` rows of ``C``); ``"flatten"`` treats the
   whole map as one ``C·|S|``-dimensional vector. 2-D outputs ``(N, F)`` are used as they are.
 
-Hooks are always removed in a ``finally`` block, also when the forward pass raises.
+The hooks are :class:`~gpex_gpytorch.utils.hooks.ForwardHooks`: always removed on exit, also
+when the forward pass raises.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
+from ...utils.hooks import ForwardHooks, ModuleCall
 from ._checks import check_choice, resolve_module
 
 __all__ = [
@@ -185,10 +186,11 @@ class ActivationRecorder:
         self.stop_forward = stop_forward
         self.last: Tensor | None = None
         self.last_shape: torch.Size | None = None
-        self._handle: RemovableHandle | None = None
+        self._hooks = ForwardHooks({self.point.module_name: self.point.module}, self._record, site=self.point.where)
         self._stopping = False
 
-    def _record(self, value: object) -> None:
+    def _record(self, call: ModuleCall) -> None:
+        value = call.value
         if not isinstance(value, Tensor):
             raise TypeError(
                 f"layer: expected {self.point.module_name!r} to produce a tensor, got {type(value).__name__}"
@@ -200,13 +202,9 @@ class ActivationRecorder:
             raise _StopForward
 
     def __enter__(self) -> ActivationRecorder:
-        if self._handle is not None:
+        if self._hooks.active:
             raise RuntimeError("ActivationRecorder is already active")
-        module = self.point.module
-        if self.point.where == "output":
-            self._handle = module.register_forward_hook(lambda _m, _args, output: self._record(output))
-        else:
-            self._handle = module.register_forward_pre_hook(lambda _m, args: self._record(args[0] if args else None))
+        self._hooks.register()
         return self
 
     def __exit__(
@@ -219,9 +217,7 @@ class ActivationRecorder:
 
     def close(self) -> None:
         """Remove the hook (idempotent)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._hooks.remove()
 
     @torch.no_grad()
     def run(self, inputs: Tensor) -> Tensor:
@@ -229,7 +225,7 @@ class ActivationRecorder:
 
         :raises RuntimeError: if the forward pass never reached the layer.
         """
-        if self._handle is None:
+        if not self._hooks.active:
             raise RuntimeError("ActivationRecorder.run must be called inside its `with` block")
         self.last = None
         self._stopping = self.stop_forward
@@ -272,19 +268,15 @@ class LayerRewriter:
         self.point = resolve_capture_point(model, layer, stage)
         self.spatial: Spatial = check_choice("spatial", spatial, SPATIAL_MODES)  # type: ignore[assignment]
         self.fn = fn
-        self._handle: RemovableHandle | None = None
+        self._hooks = ForwardHooks({self.point.module_name: self.point.module}, self._rewrite, site=self.point.where)
 
-    def _rewrite(self, value: Tensor) -> Tensor:
-        return apply_to_vectors(value, self.fn, self.spatial)
+    def _rewrite(self, call: ModuleCall) -> Tensor:
+        return apply_to_vectors(call.value, self.fn, self.spatial)
 
     def __enter__(self) -> LayerRewriter:
-        if self._handle is not None:
+        if self._hooks.active:
             raise RuntimeError("LayerRewriter is already active")
-        module = self.point.module
-        if self.point.where == "output":
-            self._handle = module.register_forward_hook(lambda _m, _args, output: self._rewrite(output))
-        else:
-            self._handle = module.register_forward_pre_hook(lambda _m, args: (self._rewrite(args[0]), *args[1:]))
+        self._hooks.register()
         return self
 
     def __exit__(
@@ -293,6 +285,4 @@ class LayerRewriter:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._hooks.remove()

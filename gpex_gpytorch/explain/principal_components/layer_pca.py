@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ...utils.modules import eval_mode
 from ._checks import check_choice, check_count
 from ._data import Data, iter_batches, num_examples
 from .activation_capture import SPATIAL_MODES, ActivationRecorder, Spatial, Stage, rows_per_input
@@ -67,15 +68,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    """Put ``model`` in eval mode for the block and restore every sub-module's previous mode afterwards
+    (:func:`~gpex_gpytorch.utils.modules.eval_mode`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         yield model
-    finally:
-        model.train(was_training)
 
 
 def _progress(data: Data, batch_size: int, show: bool, description: str) -> tqdm:
