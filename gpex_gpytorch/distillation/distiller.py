@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..kernels import CachedDeepKernel, Sharding, SingleProcess
 from ..models.gpex_model import GPEXModel
 from ..utils import check_input_data, check_positive_int, module_dtype
+from ..utils.modules import eval_mode
 from ..utils.network_output import OutputSelector, check_output_selector, select_output
 from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
 from .dataset_access import dataset_length, take_inputs
@@ -274,9 +275,7 @@ class Distiller:
         if self.checkpoint_path is not None:
             sharding.check_checkpoint_path(self.checkpoint_path)  # found now, not after an interval's work
         checkpoint = None if resume is None else sharding.load_state(resume, num_inducing, map_location=device)
-        ann_was_training = self.ann.training
-        self.ann.eval()
-        try:
+        with eval_mode(self.ann):
             num_heads = self._check_ann(train_dataset, device, inducing_dataset)
             input_shape = take_inputs(train_dataset, torch.arange(1)).shape[1:]
             state = self._start(input_shape, inducing_dataset, num_inducing, num_heads, device, sharding, checkpoint)
@@ -291,8 +290,6 @@ class Distiller:
                 )
 
             run_training(state, self._loop_settings(), data, sharding, save)
-        finally:
-            self.ann.train(ann_was_training)
         state.model.eval()
         self.final_refresh_ = None
         if self.final_refresh:

@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 from ..models.gpex_model import GPEXModel
 from ..utils import NonFiniteError, check_tensor
+from ..utils.modules import eval_mode
 from .dataset_access import dataset_length, take_inputs, take_labels
-from .distiller import pearson_per_head
+from .metrics import pearson_per_head
 
 __all__ = ["FaithfulnessReport", "faithfulness", "plot_faithfulness", "predict_gp_and_ann"]
 
@@ -65,10 +66,8 @@ def predict_gp_and_ann(
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     length = dataset_length(dataset, "dataset")
     device = model.covar_module.embeddings.device
-    ann_was_training = ann.training
-    ann.eval()
     means, variances, outputs, labels = [], [], [], []
-    try:
+    with eval_mode(ann):
         for start in range(0, length, batch_size):
             idx = torch.arange(start, min(start + batch_size, length))
             x = take_inputs(dataset, idx).to(device)
@@ -77,8 +76,6 @@ def predict_gp_and_ann(
             variances.append(variance.cpu())
             outputs.append(ann(x).cpu())
             labels.append(take_labels(dataset, idx))
-    finally:
-        ann.train(ann_was_training)
     ann_out = torch.cat(outputs)
     if ann_out.dim() != 2 or ann_out.shape[1] != model.num_heads:
         raise ValueError(f"ann: expected outputs of shape (N, {model.num_heads}), got {tuple(ann_out.shape)}")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils.modules import eval_mode
 from ..utils.progress import ProgressSetting, progress_bar, resolve_progress
 
 __all__ = ["accuracy", "fit_classifier", "predict_logits"]
@@ -50,17 +48,6 @@ def _adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optim
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Restore the caller's mode: evaluating mid-training must not leave BatchNorm/Dropout frozen.
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def fit_classifier(
@@ -151,7 +138,7 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) ->
     _check_positive_int("batch_size", batch_size)
     device = _device(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    with _eval_mode(model):
+    with eval_mode(model):
         return torch.cat([model(inputs.to(device)) for inputs, *_ in loader])
 
 
@@ -166,7 +153,7 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float
     device = _device(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     correct = total = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for inputs, labels, *_ in loader:
             predicted = model(inputs.to(device)).argmax(dim=-1)
             correct += int((predicted == labels.to(device)).sum())

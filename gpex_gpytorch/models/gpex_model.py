@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..kernels import CachedDeepKernel
 from ..utils import check_input_data, module_dtype
+from ..utils.modules import eval_mode
 from ..variational import GPEXVariationalDistribution, GPEXVariationalStrategy
 
 __all__ = ["GPEXModel"]
@@ -118,9 +119,7 @@ class GPEXModel(ApproximateGP):
         kernel = self.covar_module
         dtype = module_dtype(kernel.feature_extractor)
         check_input_data("inputs", inputs, dtype=dtype, device=kernel.embeddings.device, integer_ok=True)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             try:
                 output = self(inputs)
             except RuntimeError as error:
@@ -136,8 +135,6 @@ class GPEXModel(ApproximateGP):
             with gpytorch.settings.min_variance(0.0, 0.0, 0.0):
                 variance = output.variance
             return output.mean, variance
-        finally:
-            self.train(was_training)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, **extras: Any) -> Path:
