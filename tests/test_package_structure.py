@@ -32,7 +32,16 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "operators": frozenset(
         {"kernels", "variational", "mlls", "models", "distillation", "explain", "distributed", "commands"}
     ),
-    "kernels": frozenset({"distillation", "explain", "distributed", "commands"}),
+    "utils": frozenset(
+        {"operators", "kernels", "variational", "mlls", "models", "distillation", "explain", "distributed", "commands"}
+    ),
+    "functions": frozenset(
+        {"operators", "kernels", "variational", "mlls", "models", "distillation", "explain", "distributed", "commands"}
+    ),
+    "kernels": frozenset({"variational", "mlls", "models", "distillation", "explain", "distributed", "commands"}),
+    "variational": frozenset({"mlls", "models", "distillation", "explain", "distributed", "commands"}),
+    "mlls": frozenset({"models", "distillation", "explain", "distributed", "commands"}),
+    "models": frozenset({"explain", "distributed", "commands"}),
     "distillation": frozenset({"distributed", "explain", "commands"}),
     "explain": frozenset({"commands"}),
 }
