@@ -411,9 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         help="SV-DKL: fit the GPs to the logits standardised per logit (training mean and deviation)",
     )
     parser.add_argument("--table-from", type=Path, default=None, help="print the markdown table of a JSON and exit")
-    parser.add_argument(
-        "--merge", type=Path, nargs="+", default=None, help="merge the JSONs of runs into --out"
-    )
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="merge the JSONs of runs into --out")
     args = parser.parse_args(argv)
     if args.table_from is not None:
         print(markdown_table(json.loads(args.table_from.read_text())))
@@ -454,9 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         stored = results.setdefault(recipe, {}).setdefault(objective, {}).setdefault(seed, [])
         stored.extend(rows)
         stored.sort(key=lambda row: row["epoch"])
-        print(f"{recipe} seed {seed} {objective:>9}: " + ", ".join(
-            f"{r['epoch']} ep Pearson {r['pearson_mean']:.4f} Spearman {r['spearman_variance_error']:.3f} "
-            f"noise {r['likelihood_noise']:.3g}" for r in rows), flush=True)
+        print(
+            f"{recipe} seed {seed} {objective:>9}: "
+            + ", ".join(
+                f"{r['epoch']} ep Pearson {r['pearson_mean']:.4f} Spearman {r['spearman_variance_error']:.3f} "
+                f"noise {r['likelihood_noise']:.3g}"
+                for r in rows
+            ),
+            flush=True,
+        )
     if args.jobs > 1:
         pool.close()
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
