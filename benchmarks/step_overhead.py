@@ -43,11 +43,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_gpex_step(m: int, seed: int = 0, device: str | torch.device = "cpu") -> Callable[[], None]:
+def build_gpex_step(
+    m: int, seed: int = 0, device: str | torch.device = "cpu", statistics_dtype: torch.dtype = torch.float64
+) -> Callable[[], None]:
     """One GPEX step at M = ``m`` (the cache filled with random rows: the set-up is not timed)."""
     device = torch.device(device)
     net = _network(seed, device)
-    kernel = CachedDeepKernel(net, m, HEADS, DIM, device=device, force_allocation=True)
+    kernel = CachedDeepKernel(
+        net, m, HEADS, DIM, device=device, force_allocation=True, statistics_dtype=statistics_dtype
+    )
     kernel.embeddings.normal_()
     kernel.recompute_statistics()
     model = GPEXModel(kernel, torch.randn(m, HEADS, device=device))
@@ -95,10 +99,12 @@ def build_floor_step(seed: int = 0, device: str | torch.device = "cpu") -> Calla
     return step
 
 
-def measure(sizes: list[int], steps: int, device: str | torch.device = "cpu") -> dict:
+def measure(
+    sizes: list[int], steps: int, device: str | torch.device = "cpu", statistics_dtype: torch.dtype = torch.float64
+) -> dict:
     """Interleaved medians of the floor and of a GPEX step at each M, and their ratios."""
     floor = build_floor_step(device=device)
-    gpex = {m: build_gpex_step(m, device=device) for m in sizes}
+    gpex = {m: build_gpex_step(m, device=device, statistics_dtype=statistics_dtype) for m in sizes}
     for fn in (floor, *gpex.values()):
         fn()  # warm-up
     times: dict[str, list[float]] = {"floor": [], **{str(m): [] for m in sizes}}
@@ -114,6 +120,7 @@ def measure(sizes: list[int], steps: int, device: str | torch.device = "cpu") ->
         "step_over_floor": {m: medians[str(m)] / medians["floor"] for m in sizes},
         "steps": steps,
         "device": str(device),
+        "statistics_dtype": str(statistics_dtype),
     }
 
 
@@ -136,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", type=int, default=None, metavar="M", help="print a profile of 10 steps at M")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    parser.add_argument(
+        "--statistics-dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="the kernel's statistics_dtype (float64 is the default and what the drift guarantee assumes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.profile is not None:
         print(profile(args.profile))
         return 0
-    result = measure(args.sizes, args.steps)
+    result = measure(args.sizes, args.steps, statistics_dtype=getattr(torch, args.statistics_dtype))
     result.update(
         {
             "command": "benchmarks/step_overhead.py " + " ".join(argv or []),
