@@ -82,3 +82,60 @@ def test_substitute_gp_output_is_the_gp_mean_and_leaves_no_hook(case: tuple) -> 
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(after, got)
     assert not pipeline.branch._forward_hooks
+
+
+class TupleBranch(nn.Module):
+    """Called as ``branch(mask, hidden=h)``; returns ``(output, aux)``: the selectors' case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, H)
+
+    def forward(self, mask: Tensor | None, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        return self.linear(hidden), hidden.sum(-1)
+
+
+class TuplePipeline(nn.Module):
+    def __init__(self, base: Pipeline) -> None:
+        super().__init__()
+        self.stem, self.head = base.stem, base.head
+        self.branch = TupleBranch()
+        self.branch.linear = base.branch
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, aux = self.branch(None, hidden=self.stem(x))
+        return self.head(out) + aux[:, None]
+
+
+def test_substitution_replaces_only_the_selected_output_of_a_multi_argument_sub_module(case: tuple) -> None:
+    base, model, batches = case
+    pipeline = TuplePipeline(base).eval()
+    x = batches[0][0]
+    with torch.no_grad():
+        hidden = pipeline.stem(x)
+        mean, _ = model.predict(hidden)
+        expected = pipeline.head(mean) + hidden.sum(-1)[:, None]  # the GP for output 0, aux passed through
+        original = pipeline(x)
+        with substitute_gp(pipeline, "branch", model, input="hidden", output=0):
+            replaced = pipeline(x)
+        after = pipeline(x)
+    torch.testing.assert_close(replaced, expected)
+    assert not torch.allclose(replaced, original, atol=1e-3)
+    assert torch.equal(after, original)
+    result = compare_pipeline(
+        pipeline, "branch", model, batches, forward_fn=lambda m, b: m(b[0]), input="hidden", output=0
+    )
+    with torch.no_grad():  # brute force over every batch: the GP's mean by hand for output 0
+        changes = []
+        for xb, _ in batches:
+            h = pipeline.stem(xb)
+            changes.append(pipeline.head(model.predict(h)[0]) + h.sum(-1)[:, None] - pipeline(xb))
+        change = torch.cat(changes).abs()
+    assert result.max_abs_change == pytest.approx(float(change.max()), rel=1e-5)
+    assert result.mean_abs_change == pytest.approx(float(change.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match=r"input: the sub-module was not called with an argument 'nope'"):
+        with substitute_gp(pipeline, "branch", model, input="nope", output=0), torch.no_grad():
+            pipeline(x)
+    with pytest.raises(TypeError, match=r"output: a callable selector cannot be inverted"):
+        with substitute_gp(pipeline, "branch", model, input="hidden", output=lambda out: out[0]):
+            pass

@@ -75,3 +75,28 @@ def test_an_attention_module_tuple_output_and_a_block_called_with_a_mask(vit) ->
     assert probabilities.output_shape == (2, TOKENS, TOKENS)
     sums = probabilities.outputs.reshape(-1, 2, TOKENS, TOKENS).sum(-1)
     torch.testing.assert_close(sums, torch.ones_like(sums))
+
+
+def test_the_gp_stands_in_for_an_attention_modules_output_inside_the_vit(vit) -> None:
+    loader = DataLoader(_images(256, 0), batch_size=64)
+    attention = SubmoduleExplainer(vit, "vit.layers.0.attention", output=0, steps=150, **SETTINGS).fit(loader)
+    images = _images(32, 2)
+    module = dict(vit.named_modules())["vit.layers.0.attention"]
+    seen: list = []
+    with torch.no_grad():
+        original = vit(images).logits
+        captured = capture_submodule(vit, "vit.layers.0.attention", [images], output=1)
+        with attention.substitute():
+            # registered after the substitution's hook: it sees the output the rest of the ViT receives
+            handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+            try:
+                replaced = vit(images).logits
+            finally:
+                handle.remove()
+        gp_mean, _ = attention.predict(captured.inputs)
+    out, probabilities = seen[0]
+    torch.testing.assert_close(out, gp_mean)  # output 0 is the GP's posterior mean ...
+    torch.testing.assert_close(probabilities, captured.outputs.reshape(probabilities.shape))  # ... 1 passes through
+    assert not torch.equal(replaced, original)
+    assert torch.corrcoef(torch.stack([replaced.flatten(), original.flatten()]))[0, 1] > 0.95
+    assert torch.equal(vit(images).logits, original)  # restored

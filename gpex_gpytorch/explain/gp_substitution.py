@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from ..models.gpex_model import GPEXModel
 from ..utils.hooks import ForwardHooks, ModuleCall
+from ..utils.network_output import OutputSelector, check_output_selector, replace_output, select_output
+from .submodule_call import SubmoduleCall
 from .submodule_capture import ForwardFn, preserved_modes, resolve_submodule, run_pipeline
 
 __all__ = ["PipelineComparison", "compare_pipeline", "gp_replacement", "substitute_gp"]
@@ -67,11 +69,18 @@ def substitute_gp(
     *,
     mode: str = "mean",
     generator: torch.Generator | None = None,
+    input: int | str | None = None,
+    output: OutputSelector = None,
 ) -> Iterator[nn.Module]:
     """Within the context, the sub-module's output is the GP's posterior mean (or a sample).
 
     The GP is evaluated on the sub-module's own input (the input it was distilled on), and its
-    ``(N, H)`` result is reshaped to the sub-module's output shape, dtype and device.
+    ``(N, H)`` result is reshaped to the sub-module's output shape, dtype and device. For a
+    sub-module called with several arguments or returning a structure (a transformer block's
+    ``(hidden_states, mask)``, an attention module's ``(output, weights)``, a HuggingFace
+    model-output object), ``input`` and ``output`` say which argument was explained and which part
+    of the output the GP stands for, as they did when it was distilled
+    (:class:`~gpex_gpytorch.explain.SubmoduleExplainer`); the rest of the output passes through.
 
     Example::
 
@@ -84,22 +93,36 @@ def substitute_gp(
     :param model: the GPEX model distilled from the sub-module.
     :param mode: ``"mean"`` or ``"sample"`` (see :func:`gp_replacement`).
     :param generator: the random source of ``"sample"``.
+    :param input: the explained input: a position or a parameter name (default: the first positional
+        argument, else the only tensor keyword argument).
+    :param output: the explained part of the output: a tuple index, a key or an attribute name
+        (a callable selector cannot be inverted and is refused).
     :returns: (as the context value) the sub-module whose output is replaced.
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if not isinstance(model, GPEXModel):
         raise TypeError(f"model: expected a GPEXModel, got {type(model).__name__}")
+    check_output_selector("output", output)
+    if output is not None and not isinstance(output, (int, str)):
+        raise TypeError(
+            "output: a callable selector cannot be inverted to put the GP's values back into the sub-module's "
+            "output; select the tensor with a key or attribute name or a tuple index"
+        )
     dotted, module = resolve_submodule(pipeline, name)
+    where = f"sub-module {dotted!r}"
 
-    def replace(call: ModuleCall) -> Tensor:
-        output, args = call.output, call.args
-        if not isinstance(output, Tensor):
-            raise TypeError(f"sub-module {dotted!r}: expected a tensor output to replace, got {type(output).__name__}")
-        if len(args) != 1 or not isinstance(args[0], Tensor):
-            raise TypeError(f"sub-module {dotted!r}: expected to be called with one tensor argument")
-        replacement = gp_replacement(model, args[0], tuple(output.shape[1:]), mode=mode, generator=generator)
-        return replacement.to(dtype=output.dtype, device=output.device)
+    def replace(call: ModuleCall) -> Any:
+        slot = SubmoduleCall.find_slot(module, call.args, call.kwargs, input, where)
+        x = call.args[slot[1]] if slot[0] == "arg" else call.kwargs[slot[1]]  # type: ignore[index]
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            raise TypeError(
+                f"{where}: the explained input is a {type(x).__name__}, expected a batched tensor (see input=)"
+            )
+        explained = select_output(call.output, output, where)
+        replacement = gp_replacement(model, x, tuple(explained.shape[1:]), mode=mode, generator=generator)
+        replacement = replacement.to(dtype=explained.dtype, device=explained.device)
+        return replace_output(call.output, output, replacement, where)
 
     with ForwardHooks({dotted: module}, replace):
         yield module
@@ -136,6 +159,8 @@ def compare_pipeline(
     label_fn: Callable[[Any], Tensor] | None = None,
     mode: str = "mean",
     generator: torch.Generator | None = None,
+    input: int | str | None = None,
+    output: OutputSelector = None,
 ) -> PipelineComparison:
     """Run each batch twice — as is, and with the sub-module replaced by its GP — and compare.
 
@@ -143,13 +168,15 @@ def compare_pipeline(
 
     :param label_fn: ``label_fn(batch) -> (N,)`` class labels, to report accuracies (the pipeline's
         output must then be ``(N, num_classes)`` scores).
+    :param input: the sub-module's explained input (see :func:`substitute_gp`).
+    :param output: the explained part of the sub-module's output (see :func:`substitute_gp`).
     """
     abs_sum, abs_max, count, agree = 0.0, 0.0, 0, 0
     correct = correct_gp = 0
     with preserved_modes(pipeline, eval_mode=True):
         for batch in loader:
             original = run_pipeline(pipeline, batch, forward_fn)
-            with substitute_gp(pipeline, name, model, mode=mode, generator=generator):
+            with substitute_gp(pipeline, name, model, mode=mode, generator=generator, input=input, output=output):
                 replaced = run_pipeline(pipeline, batch, forward_fn)
             if not isinstance(original, Tensor) or not isinstance(replaced, Tensor):
                 raise TypeError(f"pipeline: expected a tensor output to compare, got {type(original).__name__}")

@@ -89,7 +89,7 @@ class SubmoduleCall:
         :param input: the explained input: a positional index, a parameter name, or ``None`` (the
             first positional argument, else the only tensor keyword argument).
         """
-        slot = cls._find_slot(module, args, kwargs, input, where)
+        slot = cls.find_slot(module, args, kwargs, input, where)
         x = args[slot[1]] if slot[0] == "arg" else kwargs[slot[1]]  # type: ignore[index]
         if not isinstance(x, Tensor) or x.dim() == 0:
             raise TypeError(
@@ -123,9 +123,14 @@ class SubmoduleCall:
         return f"positional argument {key[1]}" if key[0] == "arg" else f"keyword argument {key[1]!r}"
 
     @staticmethod
-    def _find_slot(
+    def find_slot(
         module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], input: int | str | None, where: str
     ) -> tuple[str, int | str]:
+        """Where the explained input sits in a call: ``("arg", position)`` or ``("kw", name)``.
+
+        :param input: a position, a parameter name, or ``None`` (the first positional argument, else the
+            only tensor keyword argument).
+        """
         if input is None:
             if args:
                 return ("arg", 0)

@@ -201,8 +201,15 @@ class SubmoduleExplainer:
     # ------------------------------------------------------------------ the GP in the pipeline
     @contextmanager
     def substitute(self, mode: str = "mean", generator: torch.Generator | None = None) -> Iterator[nn.Module]:
-        """Context in which the sub-module's output is the GP's posterior mean (or a sample)."""
-        with substitute_gp(self.pipeline, self.name, self._fitted(), mode=mode, generator=generator) as module:
+        """Context in which the sub-module's output is the GP's posterior mean (or a sample).
+
+        The explained input and output part are this explainer's ``input`` and ``output``: the other
+        arguments and the rest of the output pass through unchanged.
+        """
+        fitted = self._fitted()
+        with substitute_gp(
+            self.pipeline, self.name, fitted, mode=mode, generator=generator, input=self.input, output=self.output
+        ) as module:
             yield module
 
     def compare(
@@ -214,5 +221,13 @@ class SubmoduleExplainer:
     ) -> PipelineComparison:
         """How the pipeline's output (and accuracy, given ``label_fn``) changes with the GP in place."""
         return compare_pipeline(
-            self.pipeline, self.name, self._fitted(), loader, forward_fn=self.forward_fn, label_fn=label_fn, mode=mode
+            self.pipeline,
+            self.name,
+            self._fitted(),
+            loader,
+            forward_fn=self.forward_fn,
+            label_fn=label_fn,
+            mode=mode,
+            input=self.input,
+            output=self.output,
         )

@@ -18,7 +18,7 @@ from typing import Any, Union
 
 from torch import Tensor, nn
 
-__all__ = ["OutputSelector", "SelectOutput", "check_output_selector", "select_output"]
+__all__ = ["OutputSelector", "SelectOutput", "check_output_selector", "replace_output", "select_output"]
 
 OutputSelector = Union[str, int, Callable[[Any], Tensor], None]
 """Which part of a network's output to explain (see the module documentation)."""
@@ -88,6 +88,51 @@ def select_output(output: Any, selector: OutputSelector, where: str) -> Tensor:
             f"{hint}"
         )
     return value
+
+
+def replace_output(output: Any, selector: OutputSelector, value: Tensor, where: str) -> Any:
+    """``output`` with the part ``selector`` picks replaced by ``value`` (the inverse of :func:`select_output`).
+
+    A tuple or list gets a new container of the same type; a mapping (a HuggingFace model-output
+    object included) a shallow copy with the key replaced; a dataclass or an object with the
+    attribute a copy with the field replaced. ``output`` itself is not modified.
+
+    :raises ValueError: the part does not exist (as in :func:`select_output`).
+    :raises TypeError: a callable selector (it cannot be inverted): select with a key, an attribute
+        name or an index instead.
+    """
+    select_output(output, selector, where)  # the same checks (and messages) as selecting
+    if selector is None:
+        return value
+    if isinstance(selector, int):
+        if isinstance(output, (tuple, list)):
+            items = list(output)
+            items[selector] = value
+            return type(output)(items) if type(output) in (tuple, list) else type(output)(*items)
+        raise TypeError(
+            f"output: cannot replace element {selector} of the {type(output).__name__} that {where} returned; "
+            "select a key or attribute name instead"
+        )
+    if isinstance(selector, str):
+        if isinstance(output, Mapping):
+            copy = output.copy() if hasattr(output, "copy") else dict(output)
+            copy[selector] = value
+            if hasattr(copy, "__dict__") and hasattr(output, selector):
+                object.__setattr__(copy, selector, value)  # model-output objects mirror keys as attributes
+            return copy
+        if is_dataclass(output) and selector in {f.name for f in fields(output)}:
+            import dataclasses
+
+            return dataclasses.replace(output, **{selector: value})
+        import copy as copying
+
+        replaced = copying.copy(output)
+        setattr(replaced, selector, value)
+        return replaced
+    raise TypeError(
+        f"output: a callable selector cannot be inverted to put the GP's values back into what {where} returns; "
+        "select the tensor with a key or attribute name (e.g. 'last_hidden_state') or a tuple index (e.g. 0)"
+    )
 
 
 class SelectOutput(nn.Module):
