@@ -124,6 +124,14 @@ def run_training(
 
     :param save: writes a checkpoint of ``state`` (every ``checkpoint_every`` steps and at the last).
     """
+    for name, value, expected in (
+        ("state", state, TrainingState),
+        ("settings", settings, LoopSettings),
+        ("data", data, LoopData),
+        ("sharding", sharding, Sharding),
+    ):
+        if not isinstance(value, expected):
+            raise TypeError(f"{name}: expected a {expected.__name__}, got {type(value).__name__}")
     model, kernel = state.model, state.model.covar_module
     mll = ANNMatchingELBO(
         None,

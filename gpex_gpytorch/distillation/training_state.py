@@ -75,6 +75,8 @@ class TrainingState:
     @classmethod
     def start(cls, model: GPEXModel, lr: float, seed: int) -> TrainingState:
         """A new run: Adam at ``lr`` over ``model``'s trainable parameters, every draw seeded by ``seed``."""
+        if not isinstance(model, GPEXModel):
+            raise TypeError(f"model: expected a GPEXModel, got {type(model).__name__}")
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         generator = torch.Generator().manual_seed(seed)
         rows = model.covar_module.num_inducing
