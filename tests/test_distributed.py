@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from spawned_ranks import run_on_ranks
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -22,7 +20,6 @@ from gpex_gpytorch.distributed import (
     ShardedCachedDeepKernel,
     ShardLayout,
     TorchDistributed,
-    init_distributed,
     load_sharded_checkpoint,
     sharded_nearest_neighbours,
 )
@@ -170,51 +167,9 @@ _SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
 }
 
 
-def _child(rank: int, world: int, port: int, folder: str, scenario: str, timeout_s: float) -> None:
-    torch.set_num_threads(1)
-    path = Path(folder)
-    try:
-        init_distributed(
-            "gloo", timeout_s=timeout_s, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-        )
-        result = _SCENARIOS[scenario](rank, world, path)
-    except BaseException:  # noqa: BLE001 - reported to the parent
-        result = {"crash": traceback.format_exc()}
-    torch.save(result, path / f"{scenario}-{rank}.pt")
-    os._exit(0)  # no teardown: a peer may be gone (the dead-rank scenario)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spawn(scenario: str, world: int, folder: Path, timeout_s: float = 30.0, deadline_s: float = 60.0) -> list[dict]:
     """Run a scenario on ``world`` spawned ranks; returns each rank's result (``None`` for a rank that died)."""
-    context = mp.get_context("spawn")
-    port = _free_port()
-    processes = [
-        context.Process(target=_child, args=(r, world, port, str(folder), scenario, timeout_s)) for r in range(world)
-    ]
-    for process in processes:
-        process.start()
-    end = time.monotonic() + deadline_s
-    for process in processes:
-        process.join(max(0.0, end - time.monotonic()))
-    hung = [p.pid for p in processes if p.is_alive()]
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert not hung, f"{scenario}: ranks still running after {deadline_s} s (pids {hung})"
-    results = []
-    for rank in range(world):
-        path = folder / f"{scenario}-{rank}.pt"
-        result = torch.load(path, weights_only=False) if path.exists() else None
-        assert result is None or "crash" not in result, f"{scenario}, rank {rank}:\n{result['crash']}"
-        results.append(result)
-    return results
+    return run_on_ranks(scenario, _SCENARIOS[scenario], world, folder, timeout_s=timeout_s, deadline_s=deadline_s)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_distributed import FRESH, D, H, M, _distiller_data, _distiller_settings, _free_port, _problem
+from spawned_ranks import run_on_ranks
+from test_distributed import FRESH, D, H, M, _distiller_data, _distiller_settings, _problem
 from torch import Tensor, nn
 
 from gpex_gpytorch import GPEXModel
@@ -28,7 +27,6 @@ from gpex_gpytorch.distributed import (
     DistributedStepError,
     ShardedCachedDeepKernel,
     ShardLayout,
-    init_distributed,
     save_sharded_checkpoint,
 )
 from gpex_gpytorch.distributed.communication import collective_errors, is_communication_failure
@@ -120,43 +118,11 @@ _SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
 }
 
 
-def _child(rank: int, world: int, port: int, folder: str, scenario: str) -> None:
-    torch.set_num_threads(1)
-    path = Path(folder)
-    try:
-        init_distributed(
-            "gloo", timeout_s=TIMEOUT_S, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-        )
-        result = _SCENARIOS[scenario](rank, world, path)
-    except BaseException:  # noqa: BLE001 - reported to the parent
-        result = {"crash": traceback.format_exc()}
-    torch.save(result, path / f"{scenario}-{rank}.pt")
-    os._exit(0)  # no teardown: a peer is gone
-
-
 def _spawn(scenario: str, world: int, folder: Path, survivors: list[int], deadline_s: float = 60.0) -> list[Any]:
     """Run ``scenario`` on ``world`` ranks; wait for the ``survivors`` only, then kill whatever is left."""
-    context = mp.get_context("spawn")
-    port = _free_port()
-    processes = [context.Process(target=_child, args=(r, world, port, str(folder), scenario)) for r in range(world)]
-    for process in processes:
-        process.start()
-    end = time.monotonic() + deadline_s
-    for rank in survivors:
-        processes[rank].join(max(0.0, end - time.monotonic()))
-    hung = [rank for rank in survivors if processes[rank].is_alive()]
-    for process in processes:
-        if process.is_alive():
-            process.kill()  # SIGKILL also ends a stopped process
-        process.join()
-    assert not hung, f"{scenario}: ranks {hung} still running after {deadline_s} s"
-    results = []
-    for rank in range(world):
-        path = folder / f"{scenario}-{rank}.pt"
-        result = torch.load(path, weights_only=False) if path.exists() else None
-        assert result is None or "crash" not in result, f"{scenario}, rank {rank}:\n{result['crash']}"
-        results.append(result)
-    return results
+    return run_on_ranks(
+        scenario, _SCENARIOS[scenario], world, folder, timeout_s=TIMEOUT_S, deadline_s=deadline_s, survivors=survivors
+    )
 
 
 def _assert_step_error(result: dict[str, Any]) -> None:

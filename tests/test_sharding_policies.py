@@ -9,20 +9,16 @@ the exact GP), never with the other policy's output.
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from spawned_ranks import run_on_ranks
 from torch import nn
 
 from gpex_gpytorch import ANNMatchingELBO, CachedDeepKernel, GPEXModel
-from gpex_gpytorch.distributed import TorchDistributed, init_distributed
+from gpex_gpytorch.distributed import TorchDistributed
 from gpex_gpytorch.kernels import Sharding, SingleProcess
 
 H, D, M, IN, N = 2, 3, 13, 5, 6  # M not a multiple of 2 or 3: uneven shards
@@ -164,34 +160,8 @@ class TestSingleProcess(ShardingPolicyChecks):
 
 
 # ---------------------------------------------------------------------- spawned gloo ranks
-def _child(rank: int, world: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    try:
-        init_distributed("gloo", timeout_s=30, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        result = cache_scenario(TorchDistributed())
-    except BaseException:  # noqa: BLE001 - reported to the parent
-        result = {"crash": traceback.format_exc()}
-    torch.save(result, Path(folder) / f"rank-{rank}.pt")
-    os._exit(0)
-
-
-def _spawn(world: int, folder: Path, deadline_s: float = 90.0) -> list[dict]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = mp.get_context("spawn")
-    processes = [context.Process(target=_child, args=(r, world, port, str(folder))) for r in range(world)]
-    for process in processes:
-        process.start()
-    end = time.monotonic() + deadline_s
-    for process in processes:
-        process.join(max(0.0, end - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-    results = [torch.load(folder / f"rank-{r}.pt", weights_only=False) for r in range(world)]
-    for rank, result in enumerate(results):
-        assert "crash" not in result, f"rank {rank}:\n{result['crash']}"
-    return results
+def _policy_scenario(rank: int, world: int, folder: Path) -> dict[str, Any]:
+    return cache_scenario(TorchDistributed())
 
 
 class TestTorchDistributedOnThreeRanks(ShardingPolicyChecks):
@@ -200,7 +170,7 @@ class TestTorchDistributedOnThreeRanks(ShardingPolicyChecks):
     @pytest.fixture(scope="class")
     @classmethod
     def results(cls, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-        return _spawn(cls.world, tmp_path_factory.mktemp("policy"))
+        return run_on_ranks("policy", _policy_scenario, cls.world, tmp_path_factory.mktemp("policy"), deadline_s=90.0)
 
 
 def test_the_single_process_policy_reduces_nothing() -> None:
