@@ -1,21 +1,22 @@
 """Does per-head output standardisation lift the ViT attention output's weakest heads? (docs/own_model.md)
 
-Explains the layer-0 attention output of the digits ViT of ``vit_digits.py`` twice at the same
-budget: on the raw output (``raw``) and on each head standardised by its mean and standard deviation
-over the training digits (``std``; per-head Pearson is unchanged by such an affine map, so the two
-are compared directly). Prints one JSON line.
+Explains the layer-0 attention output of the digits ViT of ``vit_digits.py`` at one budget, either
+on the raw output (``raw``) or with each head standardised by its mean and standard deviation over
+the training digits (``std``; per-head Pearson is unchanged by such an affine map, so the two runs
+compare directly). Prints one JSON line. Needs the optional extra ``hf``.
 
-    python benchmarks/vit_standardised_heads.py 1500 raw
-    python benchmarks/vit_standardised_heads.py 1500 std
+    python benchmarks/vit_standardised_heads.py --steps 1500 --mode raw
+    python benchmarks/vit_standardised_heads.py --steps 1500 --mode std
 """
 
+from __future__ import annotations
+
+import argparse
 import json
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, "benchmarks")
+from torch import Tensor
 from torch.utils.data import DataLoader
 from vit_digits import build_vit
 
@@ -24,40 +25,46 @@ from gpex_gpytorch.explain import SubmoduleExplainer, capture_submodule
 from gpex_gpytorch.models.classifier_training import fit_classifier
 from gpex_gpytorch.utils.network_output import SelectOutput
 
-torch.set_num_threads(1)
-steps = int(sys.argv[1])
-mode = sys.argv[2]
-train, test = load_digits(seed=0)
-vit = build_vit(0)
-fit_classifier(SelectOutput(vit, "logits"), train, epochs=40, batch_size=64, lr=2e-3, seed=0)
-vit.eval()
-cap = capture_submodule(vit, "vit.layers.0.attention", DataLoader(train.tensors[0], batch_size=256), output=0)
-out = cap.outputs.double()
-mu, sd = out.mean(0).float(), out.std(0).float().clamp_min(1e-6)
+NAME = "vit.layers.0.attention"
 
 
-def standardised(o):
-    return (o[0] - mu.reshape(o[0].shape[1:])) / sd.reshape(o[0].shape[1:])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--mode", choices=("raw", "std"), default="raw")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    train, test = load_digits(seed=args.seed)
+    vit = build_vit(args.seed)
+    fit_classifier(SelectOutput(vit, "logits"), train, epochs=40, batch_size=64, lr=2e-3, seed=args.seed)
+    vit.eval()
+    loader = DataLoader(train.tensors[0], batch_size=256)
+    outputs = capture_submodule(vit, NAME, loader, output=0).outputs.double()
+    mean, spread = outputs.mean(0).float(), outputs.std(0).float().clamp_min(1e-6)
+
+    def standardised(output: tuple[Tensor, ...]) -> Tensor:
+        shape = output[0].shape[1:]
+        return (output[0] - mean.reshape(shape)) / spread.reshape(shape)
+
+    start = time.perf_counter()
+    selector = standardised if args.mode == "std" else 0
+    explainer = SubmoduleExplainer(vit, NAME, output=selector, steps=args.steps, seed=args.seed, progress=False)
+    score = explainer.fit(loader).score(DataLoader(test.tensors[0], batch_size=256))
+    pearson = torch.tensor([float("nan") if p is None else p for p in score.pearson_per_head])
+    valid = pearson[~pearson.isnan()]
+    result = {
+        "mode": args.mode,
+        "steps": args.steps,
+        "seed": args.seed,
+        "pearson_mean": score.pearson_mean,
+        "pearson_min": score.pearson_min,
+        "heads_below_0.9": int((valid < 0.9).sum()),
+        "heads_below_0.95": int((valid < 0.95).sum()),
+        "seconds": time.perf_counter() - start,
+    }
+    print(json.dumps(result))
 
 
-sel = standardised if mode == "std" else 0
-t = time.perf_counter()
-ex = SubmoduleExplainer(vit, "vit.layers.0.attention", output=sel, steps=steps, seed=0, progress=False).fit(
-    DataLoader(train.tensors[0], batch_size=256)
-)
-sc = ex.score(DataLoader(test.tensors[0], batch_size=256))
-p = torch.tensor([float("nan") if v is None else v for v in sc.pearson_per_head])
-v = p[~p.isnan()]
-print(
-    json.dumps(
-        {
-            "mode": mode,
-            "steps": steps,
-            "mean": sc.pearson_mean,
-            "min": sc.pearson_min,
-            "below_0.9": int((v < 0.9).sum()),
-            "below_0.95": int((v < 0.95).sum()),
-            "seconds": time.perf_counter() - t,
-        }
-    )
-)
+if __name__ == "__main__":
+    main()
