@@ -12,6 +12,7 @@ from linear_operator.operators import LinearOperator, LowRankRootLinearOperator,
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..functions.gram_delta import GramDelta
 from ..utils import (
     NonFiniteError,
     check_allocation,
@@ -327,7 +328,7 @@ class CachedDeepKernel(Kernel):
         if rows.is_contiguous():
             rows.index_copy_(0, idx, stored.transpose(0, 1))
         else:
-            self._scatter(idx, stored)
+            self.embeddings.index_copy_(1, idx, stored)
 
     def _deltas(self, idx: Tensor, new: Tensor | None) -> list[Tensor]:
         """``[ΔG, Δb]`` (``Δb`` with inducing values only) of replacing the local rows ``idx`` by ``new``.
@@ -340,13 +341,10 @@ class CachedDeepKernel(Kernel):
             if self.has_inducing_values:
                 parts.append(torch.zeros_like(self.cross))
             return parts
-        fresh = new.to(stats_dtype)  # shape: (H, b, D)
-        old = self._gather(idx).to(stats_dtype)  # shape: (H, b, D)
-        parts = [fresh.mT @ fresh - old.mT @ old]
-        if self.has_inducing_values:
-            v = self.inducing_values.index_select(0, idx).T.to(stats_dtype).unsqueeze(-1)  # shape: (H, b, 1)
-            parts.append(((fresh - old).mT @ v).squeeze(-1))
-        return parts
+        # shape: (H, b)
+        values = self.inducing_values.index_select(0, idx).T if self.has_inducing_values else None
+        gram, cross = GramDelta.apply(new, self._gather(idx), values, stats_dtype)
+        return [gram] if cross is None else [gram, cross]
 
     def _check_deltas(self, parts: list[Tensor], new: Tensor, stored: Tensor | None, rows: Tensor, name: str) -> None:
         """Reject non-finite embeddings, checked on the ``(H, D, D)`` delta rather than on every row.
@@ -354,7 +352,9 @@ class CachedDeepKernel(Kernel):
         A NaN or inf in any row makes ``ΔG`` non-finite, so the cheap check sees every bad row; only
         then are the rows searched, to name them (before any state changes).
         """
-        if bool(torch.isfinite(parts[0].detach()).all()):
+        # The sum is finite iff every entry is, unless it overflows: only then look at the entries.
+        delta = parts[0].detach()
+        if bool(torch.isfinite(delta.sum())) or bool(torch.isfinite(delta).all()):
             return
         check_finite_rows(f"{name} (embeddings from feature_extractor)", new.detach(), 1, rows, "inducing rows")
         if stored is not None:
@@ -391,7 +391,7 @@ class CachedDeepKernel(Kernel):
         if self.has_inducing_values:
             self.cross.add_(parts[1])
         if stored is not None:
-            self.embeddings.index_copy_(1, idx, stored)
+            self._scatter(idx, stored)
 
     def _stored(self, name: str, new: Tensor, rows: Tensor) -> Tensor:
         """``new`` rounded to ``embedding_dtype``, rejecting rows that overflow it (finite before, inf after)."""

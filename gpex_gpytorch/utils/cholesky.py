@@ -94,16 +94,22 @@ def capacitance_cholesky(
     rounding = gram.dtype if rounding is None else rounding
     fdt = factor_dtype(rounding)
     dim = gram.size(-1)
-    eye = torch.eye(dim, dtype=fdt, device=gram.device)
     noise = noise.to(fdt)
-    cap = gram.to(fdt) + noise.unsqueeze(-1) * eye
+    # G + noise·I by a shift of the diagonal (no D×D identity and product; the same additions).
+    cap = gram.to(fdt, copy=True)
+    if noise.shape[:-1] != cap.shape[:-2]:  # a noise that widens the batch (not the callers' case)
+        cap = cap.expand(*torch.broadcast_shapes(cap.shape[:-2], noise.shape[:-1]), dim, dim).clone()
+    cap.diagonal(dim1=-2, dim2=-1).add_(noise)
     chol, info = torch.linalg.cholesky_ex(cap)
-    # One synchronisation for both checks on the common path.
-    failed, finite = (bool(v) for v in torch.stack([info.any(), torch.isfinite(gram).all()]).tolist())
+    # One synchronisation for both checks on the common path. A sum is finite iff every entry is,
+    # unless it overflows: only then are the entries looked at.
+    failed, finite = (bool(v) for v in torch.stack([info.any(), torch.isfinite(gram.detach().sum())]).tolist())
     if finite and not failed:
         return chol
-    if not finite:
+    if not (finite or bool(torch.isfinite(gram).all())):
         raise NonFiniteError(f"{source}: expected finite values, got NaN or inf ({context}: G is not finite)")
+    if not failed:  # finite entries whose sum overflows
+        return chol
     noise_d = noise.detach()
     if not bool((torch.isfinite(noise_d) & (noise_d > 0)).all()):
         shown = noise_d.flatten()[~(torch.isfinite(noise_d) & (noise_d > 0)).flatten()][:5].tolist()
@@ -112,6 +118,7 @@ def capacitance_cholesky(
     rounding_error = torch.finfo(rounding).eps * dim * scale
     start = rounding_error.clamp_min(_settings_jitter(rounding))  # shape: (*batch,)
     jitter = torch.zeros_like(start)
+    eye = torch.eye(dim, dtype=fdt, device=gram.device)
     max_tries = int(settings.cholesky_max_tries.value())
     state = f"noise {noise_d.min().item():.3g}, G's rounding error ~{_magnitude(rounding_error.max().item())}"
     for attempt in range(max_tries):

@@ -63,7 +63,8 @@ def _noise_column(noise: float | Tensor, gram: Tensor) -> Tensor:
         raise TypeError(f"noise: expected a float or a tensor broadcastable to (*batch, 1), got {type(noise).__name__}")
     noise = torch.as_tensor(noise, dtype=torch.float64, device=gram.device).detach()
     target = torch.Size((*batch, 1))
-    if not broadcasts_to(noise.shape, target):
+    # The common case (already (*batch, 1)) skips torch.broadcast_shapes, a slow Python path.
+    if noise.shape != target and not broadcasts_to(noise.shape, target):
         raise ValueError(
             f"noise: expected a float or a tensor broadcastable to (*batch, 1) = {tuple(target)} "
             f"(gram has shape {tuple(gram.shape)}), got shape {tuple(noise.shape)}"
@@ -92,8 +93,12 @@ def condition_bound(gram: Tensor, noise: float | Tensor) -> Tensor:
     :returns: ``κ̂`` in float64, shape ``(*batch,)``.
     """
     gram = _check_gram(gram)
-    noise = _noise_column(noise, gram).squeeze(-1)
-    return 1.0 + torch.linalg.matrix_norm(gram.detach().to(torch.float64)) / noise
+    return _condition_bound(gram, _noise_column(noise, gram))
+
+
+def _condition_bound(gram: Tensor, noise_col: Tensor) -> Tensor:
+    """:func:`condition_bound` of checked arguments (``noise_col`` from :func:`_noise_column`)."""
+    return 1.0 + torch.linalg.matrix_norm(gram.detach().to(torch.float64)) / noise_col.squeeze(-1)
 
 
 def _error_factor(dtype: torch.dtype, num_rows: int) -> float:
@@ -178,7 +183,7 @@ def check_precision(
     factor = _error_factor(dtype, num_rows)
     gram = _check_gram(gram)
     noise_col = _noise_column(noise, gram)
-    bound = factor * condition_bound(gram, noise_col)  # shape: (*batch,)
+    bound = factor * _condition_bound(gram, noise_col)  # shape: (*batch,)
     # One synchronisation on the common path; NaN compares false, so it takes the slow path too.
     if not bool((~(bound <= rtol)).any() | (~(noise_col > 0)).any()):
         return False

@@ -12,6 +12,8 @@ from gpytorch.module import Module
 from linear_operator.operators import LowRankRootLinearOperator
 from torch import Tensor
 
+from ..functions.capacitance_solve import CapacitanceSolve
+from ..functions.posterior_mean import PosteriorMean
 from ..kernels import CachedDeepKernel, InducingStatistics
 from ..operators import LowRankPlusDiagonal
 from ..utils import check_positive, check_precision, check_tensor
@@ -155,7 +157,7 @@ class GPEXVariationalStrategy(Module):
             )
         return stats
 
-    def _factors(self, stats: InducingStatistics) -> _Factors:
+    def _factors(self, stats: InducingStatistics, *, weights: bool = True) -> _Factors:
         # σ² in the factor dtype directly (float64 also for float32 statistics: no float32 rounding of σ²)
         noise = self.noise.to(factor_dtype(stats.gram.dtype)).expand(self.kernel.num_heads)
         noise = noise.unsqueeze(-1)  # shape: (H, 1)
@@ -176,8 +178,12 @@ class GPEXVariationalStrategy(Module):
         chol = capacitance_cholesky(
             stats.gram, noise, rounding=stats.gram.dtype, source="kernel.gram", context="GPEXVariationalStrategy"
         )
-        weights = torch.cholesky_solve(stats.cross.to(chol.dtype).unsqueeze(-1), chol).squeeze(-1)
-        return _Factors(chol, weights, noise)
+        if not weights:  # the KL needs L⁻¹b only, not A⁻¹b
+            return _Factors(chol, chol.new_empty(0), noise)
+        # A⁻¹b with a direct backward (one more solve) rather than back through the Cholesky factorisation:
+        # with a detached variance the mean is all that needs a gradient.
+        weights_ = CapacitanceSolve.apply(chol.detach(), stats.gram, stats.cross.to(chol.dtype), noise)
+        return _Factors(chol, weights_, noise)
 
     def _cached_factors(self) -> _Factors:
         k = self.kernel
@@ -215,10 +221,12 @@ class GPEXVariationalStrategy(Module):
             factors = self._factors(stats)
         features = self.kernel.embed(x)  # shape: (H, N, D)
         out_dtype = features.dtype
-        u = features.to(factors.chol.dtype)
-        mean = (u @ factors.weights.unsqueeze(-1)).squeeze(-1)  # shape: (H, N)
-        z = torch.linalg.solve_triangular(factors.chol, u.mT, upper=False)  # shape: (H, D, N)
-        root = factors.noise.sqrt().unsqueeze(-1) * z.mT  # shape: (H, N, D)
+        # Head-major: uᵀ is then column-major, as the triangular solve wants it (no strided copy).
+        u = features.to(factors.chol.dtype, memory_format=torch.contiguous_format)
+        mean = PosteriorMean.apply(features, u.detach(), factors.weights)  # shape: (H, N)
+        # σ L⁻¹uᵀ as (L/σ)⁻¹uᵀ: the scaling on the D×D factor, not on the (H, N, D) result.
+        scaled_chol = factors.chol / factors.noise.sqrt().unsqueeze(-1)
+        root = torch.linalg.solve_triangular(scaled_chol, u.mT, upper=False).mT  # shape: (H, N, D)
         phi_noise = self._variational_distribution.variational_noise
         if bool(phi_noise > 0):
             # σ_φ² uᵀA⁻¹GA⁻¹u': a second root, from G's eigendecomposition (G is only PSD).
@@ -254,11 +262,18 @@ class GPEXVariationalStrategy(Module):
         With :math:`\sigma_\varphi^2 = 0` (a point mass) the divergent entropy of :math:`q_2` is
         dropped and the value is :math:`-\log p(\varphi)`.
         """
+        if not (self.raw_noise.requires_grad or self._variational_distribution.variational_noise.requires_grad):
+            # Nothing it depends on is trained (the statistics are buffers): no graph to build.
+            with torch.no_grad():
+                return self._kl_divergence()
+        return self._kl_divergence()
+
+    def _kl_divergence(self) -> Tensor:
         stats = self._check_statistics(self.kernel.statistics())
         # Its own factorisation: forward's is of G with the fresh rows (another matrix), and the cached
         # G changes on every refresh, so a version-keyed cache would miss at every training step. It
         # costs O(H D³), ≈ 0.5 ms of a 25 ms step (benchmarks/step_overhead.py, M = 1e5, H = 10, D = 64).
-        factors = self._factors(stats)
+        factors = self._factors(stats, weights=False)
         m, d = self.kernel.num_inducing, self.kernel.embedding_dim
         noise = factors.noise.squeeze(-1)  # shape: (H,)
         logdet_a = 2 * factors.chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
