@@ -44,12 +44,20 @@ from tqdm.auto import tqdm
 
 from gpex_gpytorch.mlls import ANNMatchingELBO
 
+WARMUP_STEPS = 30
 ObjectiveFactory = Callable[[gpytorch.likelihoods.Likelihood, gpytorch.models.ApproximateGP, int], object]
 
 OBJECTIVES: dict[str, ObjectiveFactory] = {
     "control": lambda lik, gp, n: gpytorch.mlls.VariationalELBO(lik, gp, num_data=n),
     "eq5": lambda lik, gp, n: ANNMatchingELBO(lik, gp, num_data=n, detach_variance=False),
     "detached": lambda lik, gp, n: ANNMatchingELBO(lik, gp, num_data=n, detach_variance=True),
+    # VariationalELBO's data term for the first 30 steps, moving linearly to Eq. 5's (``warmup_steps``)
+    "detached_warmup": lambda lik, gp, n: ANNMatchingELBO(
+        lik, gp, num_data=n, detach_variance=True, warmup_steps=WARMUP_STEPS
+    ),
+    "eq5_warmup": lambda lik, gp, n: ANNMatchingELBO(
+        lik, gp, num_data=n, detach_variance=False, warmup_steps=WARMUP_STEPS
+    ),
 }
 
 
@@ -350,7 +358,7 @@ def markdown_table(report: dict) -> str:
         spearman = " | ".join(f"Spearman, {e}" for e in epochs)
         lines += [f"**{recipe}**", "", f"| objective | {header} | {spearman} | noise at {epochs[-1]} |"]
         lines.append("|---" * (2 * len(epochs) + 2) + "|")
-        for objective in ("control", "eq5", "detached"):
+        for objective in OBJECTIVES:
             if objective not in by_objective:
                 continue
             at = by_objective[objective]
@@ -365,13 +373,17 @@ def markdown_table(report: dict) -> str:
 
 
 def _merge(paths: list[Path], out: Path) -> int:
-    """One report from several runs (each run a recipe and some seeds, on a machine too busy for one run)."""
+    """One report from several runs (each a recipe and some seeds, on a machine too busy for one run) or earlier
+    merged reports; a later file's row replaces an earlier's for the same recipe, objective, seed and epochs."""
     results: dict = {}
     meta: dict = {}
     sources = []
     for path in paths:
         report = json.loads(path.read_text())
-        sources.append({"path": str(path), "settings": report["settings"], "seconds": report["seconds"]})
+        if "sources" in report:  # an earlier merge: keep its sources
+            sources.extend(report["sources"])
+        else:
+            sources.append({"path": str(path), "settings": report["settings"], "seconds": report["seconds"]})
         for key, by_seed in report.get("meta", {}).items():
             meta.setdefault(key, {}).update(by_seed)
         for recipe, by_objective in report["results"].items():
@@ -379,7 +391,9 @@ def _merge(paths: list[Path], out: Path) -> int:
                 if objective not in OBJECTIVES:
                     continue
                 for seed, rows in by_seed.items():
-                    results.setdefault(recipe, {}).setdefault(objective, {})[str(seed)] = rows
+                    stored = results.setdefault(recipe, {}).setdefault(objective, {}).setdefault(str(seed), [])
+                    epochs = {row["epoch"] for row in rows}
+                    stored[:] = sorted([r for r in stored if r["epoch"] not in epochs] + rows, key=lambda r: r["epoch"])
     out.mkdir(parents=True, exist_ok=True)
     report = {"sources": sources, "meta": meta, "summary": _summary_table(results), "results": results}
     (out / "elbo_swap.json").write_text(json.dumps(report, indent=1) + "\n")
