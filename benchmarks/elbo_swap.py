@@ -51,14 +51,21 @@ OBJECTIVES: dict[str, ObjectiveFactory] = {
     "control": lambda lik, gp, n: gpytorch.mlls.VariationalELBO(lik, gp, num_data=n),
     "eq5": lambda lik, gp, n: ANNMatchingELBO(lik, gp, num_data=n, detach_variance=False),
     "detached": lambda lik, gp, n: ANNMatchingELBO(lik, gp, num_data=n, detach_variance=True),
-    # VariationalELBO's data term for the first 30 steps, moving linearly to Eq. 5's (``warmup_steps``)
+    # VariationalELBO's data term for the first 30 steps, moving linearly to Eq. 5's (``variational_weight``
+    # annealed from 1 to 0 by warm_up below)
     "detached_warmup": lambda lik, gp, n: ANNMatchingELBO(
-        lik, gp, num_data=n, detach_variance=True, warmup_steps=WARMUP_STEPS
+        lik, gp, num_data=n, detach_variance=True, variational_weight=1.0
     ),
     "eq5_warmup": lambda lik, gp, n: ANNMatchingELBO(
-        lik, gp, num_data=n, detach_variance=False, warmup_steps=WARMUP_STEPS
+        lik, gp, num_data=n, detach_variance=False, variational_weight=1.0
     ),
 }
+
+
+def warm_up(mll: object, step: int) -> None:
+    """Anneal a warm-up objective's ``variational_weight`` from 1 (step 0) to 0 (step ``WARMUP_STEPS``)."""
+    if isinstance(mll, ANNMatchingELBO) and mll.variational_weight > 0:
+        mll.variational_weight = max(0.0, 1.0 - step / WARMUP_STEPS)
 
 
 def _pearson(a: Tensor, b: Tensor) -> float:
@@ -147,11 +154,14 @@ def run_svgp(objective: str, data: dict[str, Tensor], seed: int, args: argparse.
     optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": likelihood.parameters()}], lr=0.01)
     generator = torch.Generator().manual_seed(seed)
     results = []
+    step = 0
     for epoch in tqdm(range(1, max(args.epochs) + 1), desc=f"svgp {objective}", leave=False, disable=args.jobs > 1):
         model.train()
         likelihood.train()
         for batch in torch.randperm(len(x_train), generator=generator).split(args.svgp_batch_size):
             optimizer.zero_grad()
+            warm_up(mll, step)
+            step += 1
             loss = -mll(model(x_train[batch]), targets[batch])
             loss.backward()
             optimizer.step()
@@ -275,11 +285,14 @@ def run_svdkl(
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[0.5 * epochs, 0.75 * epochs], gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
+    step = 0
     for _ in tqdm(range(epochs), desc=f"svdkl {objective} {epochs} epochs", leave=False, disable=args.jobs > 1):
         model.train()
         likelihood.train()
         for batch in torch.randperm(len(x_train), generator=generator).split(args.svdkl_batch_size):
             optimizer.zero_grad()
+            warm_up(mll, step)
+            step += 1
             loss = -mll(model(x_train[batch]), targets[batch])
             loss.backward()
             optimizer.step()

@@ -119,8 +119,8 @@ def _warmup_value(mean, var, target, noise, weight, detach):
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_warmup_moves_from_the_variational_elbo_to_eq5(detach: bool) -> None:
-    """warmup_steps=K: (1 - t/K) VariationalELBO's data term + (t/K) Eq. 5's, t the training calls so far."""
+def test_a_variational_weight_mixes_the_variational_elbo_into_eq5(detach: bool) -> None:
+    """variational_weight=w: w VariationalELBO's data term + (1 - w) Eq. 5's; a warm-up anneals w by hand."""
     torch.manual_seed(3)
     mean0 = torch.randn(5, dtype=torch.float64)
     var0 = torch.rand(5, dtype=torch.float64) + 0.1
@@ -128,59 +128,55 @@ def test_warmup_moves_from_the_variational_elbo_to_eq5(detach: bool) -> None:
     likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
     likelihood.noise = 0.3
     noise = likelihood.noise.detach().squeeze()  # 0.3 to float32's precision (its setter's)
-    mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=5, beta=0.0, detach_variance=detach, warmup_steps=4)
-    for step, weight in enumerate([0.0, 0.25, 0.5, 0.75, 1.0, 1.0]):
+    mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=5, beta=0.0, detach_variance=detach)
+    for share in [1.0, 0.75, 0.5, 0.25, 0.0]:  # a warm-up over four steps
+        mll.variational_weight = share
         mean, var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
         value = mll(_mvn(mean, var), target)
         expected_mean, expected_var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
-        expected = _warmup_value(expected_mean, expected_var, target, noise, weight, detach)
+        expected = _warmup_value(expected_mean, expected_var, target, noise, 1.0 - share, detach)
         torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
         value.backward()
         expected.backward()
         torch.testing.assert_close(mean.grad, expected_mean.grad, rtol=1e-12, atol=1e-12)
         var_grad = torch.zeros_like(var0) if var.grad is None else var.grad  # None: detached, after the warm-up
         torch.testing.assert_close(var_grad, expected_var.grad, rtol=1e-12, atol=1e-12)
-        if detach:  # only VariationalELBO's trace term reaches the latent variance: -(1 - t/K) / (2 noise N)
-            torch.testing.assert_close(var_grad, -(1 - weight) / (2 * noise * 5) * torch.ones_like(var0))
-        assert int(mll.warmup_step) == step + 1
-    # Calls without gradients, or in eval mode, are not training steps.
-    mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=5, beta=0.0, warmup_steps=4)
+        if detach:  # only VariationalELBO's trace term reaches the latent variance: -w / (2 noise N)
+            torch.testing.assert_close(var_grad, -share / (2 * noise * 5) * torch.ones_like(var0))
+    # The objective keeps no state of its own: the same weight gives the same value on every call.
+    mll.variational_weight = 0.5
     with torch.no_grad():
-        value = mll(_mvn(mean0, var0), target)
-    mll.eval()
-    mll(_mvn(mean0, var0), target)
-    assert int(mll.warmup_step) == 0
-    torch.testing.assert_close(value, _warmup_value(mean0, var0, target, noise, 0.0, False), rtol=1e-12, atol=1e-12)
-    # The step is saved with the state dict, so a resumed run continues its warm-up.
-    mll.train()
-    mll(_mvn(mean0, var0), target)
-    resumed = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=5, beta=0.0, warmup_steps=4)
-    resumed.load_state_dict(mll.state_dict())
-    assert int(resumed.warmup_step) == 1
+        first, second = mll(_mvn(mean0, var0), target), mll(_mvn(mean0, var0), target)
+    assert torch.equal(first, second) and list(mll.state_dict()) == list(mll.state_dict())
 
 
-def test_warmup_default_is_unchanged_eq5() -> None:
-    """warmup_steps=0 (the default) is Eq. 5 from the first call, with no step buffer."""
+def test_the_default_is_unchanged_eq5() -> None:
+    """variational_weight=0 (the default) is Eq. 5, with no buffer of its own."""
     torch.manual_seed(4)
     mean, var, target = torch.randn(4).double(), torch.rand(4).double() + 0.1, torch.randn(4).double()
     likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
     likelihood.noise = 0.5
     noise = likelihood.noise.detach().squeeze()
     mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=4, beta=0.0)
-    assert mll.warmup_steps == 0 and "warmup_step" not in mll.state_dict()
+    assert mll.variational_weight == 0.0
+    assert not [k for k in mll.state_dict() if not k.startswith(("likelihood.", "model."))]
     for _ in range(3):
         value = mll(_mvn(mean, var), target)
         expected = _warmup_value(mean, var, target, noise, 1.0, False)
         torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_warmup_bad_input_is_named() -> None:
+def test_a_bad_variational_weight_is_named() -> None:
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
-    for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="warmup_steps"):
-            ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=3, warmup_steps=bad)
-    with pytest.raises(ValueError, match="warmup_steps.*likelihood"):
-        ANNMatchingELBO(None, _StubModel(0.0), num_data=3, warmup_steps=5)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="variational_weight"):
+            ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=3, variational_weight=bad)
+    with pytest.raises(ValueError, match="variational_weight.*likelihood"):
+        ANNMatchingELBO(None, _StubModel(0.0), num_data=3, variational_weight=0.5)
+    mll = ANNMatchingELBO(likelihood, _StubModel(0.0), num_data=3)
+    mll.variational_weight = 2.0  # an attribute set by hand is checked where it is used
+    with pytest.raises(ValueError, match="variational_weight: expected a number in \\[0, 1\\], got 2.0"):
+        mll(_mvn(torch.zeros(3), torch.ones(3)), torch.zeros(3))
 
 
 def test_bad_input_is_named() -> None:

@@ -120,8 +120,8 @@ def test_the_classification_swap_names_each_mismatch() -> None:
     mll, likelihood = ann_matching_swap(_GPLayer(4), 100, num_outputs=4)
     assert isinstance(likelihood, gpytorch.likelihoods.MultitaskGaussianLikelihood) and likelihood.num_tasks == 4
     assert isinstance(mll, ANNMatchingELBO) and mll.likelihood is likelihood
-    assert mll.detach_variance and mll.warmup_steps == 0  # the swap's defaults
-    assert ann_matching_swap(_GPLayer(4), 100, num_outputs=4, warmup_steps=30)[0].warmup_steps == 30
+    assert mll.detach_variance and mll.variational_weight == 0.0  # the swap's defaults
+    assert ann_matching_swap(_GPLayer(4), 100, num_outputs=4, variational_weight=1.0)[0].variational_weight == 1.0
 
 
 # ------------------------------------------------------------------ SVGP regression swap

@@ -125,12 +125,12 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         is never learnt and the latent variance carries no information about the GP's error. On the
         SV-DKL recipe ``True`` matched the network better (so :func:`~gpex_gpytorch.mlls.ann_matching_swap`
         defaults to it); the table is in ``docs/usage/elbo.md``.
-    :param warmup_steps: :math:`K \ge 0`. For the first ``K`` training steps the data term moves linearly
-        from ``VariationalELBO``'s (the likelihood-noise weighting of the error) to Eq. 5's:
-        :math:`(1 - \lambda_t)\,\mathbb E_{q(f)}[\log p(g \mid f)] + \lambda_t\,(\text{Eq. 5 term})` with
-        :math:`\lambda_t = \min(1, t / K)`, where :math:`t` counts the calls made so far in training mode
-        with gradients enabled (kept in the ``warmup_step`` buffer, saved with the state dict). Needs a
-        likelihood. ``0`` (the default) is Eq. 5 from the first step. Measured in ``docs/usage/elbo.md``.
+    :param variational_weight: :math:`w \in [0, 1]`, a share of ``VariationalELBO``'s data term (the
+        likelihood-noise weighting of the error) in the data term:
+        :math:`w\,\mathbb E_{q(f)}[\log p(g \mid f)] + (1 - w)\,(\text{Eq. 5 term})`. ``0`` (the
+        default) is Eq. 5. It is a plain attribute, like ``beta``: a warm-up anneals it from 1 to 0 over
+        the first steps by setting ``mll.variational_weight`` in the training loop (the objective keeps
+        no count of its calls). Needs a likelihood when positive. Measured in ``docs/usage/elbo.md``.
     :param combine_terms: as in ``VariationalELBO``.
     """
 
@@ -144,7 +144,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         *,
         ann_noise: float = 0.0,
         detach_variance: bool = False,
-        warmup_steps: int = 0,
+        variational_weight: float = 0.0,
     ) -> None:
         if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
             raise ValueError(f"num_data: expected an integer >= 1, got {num_data!r}")
@@ -154,21 +154,22 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             raise TypeError(f"detach_variance: expected a bool, got {type(detach_variance).__name__}")
         if not (float(beta) >= 0.0 and math.isfinite(float(beta))):  # beta=inf made the ELBO -inf
             raise ValueError(f"beta: expected a finite value >= 0, got {beta}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected an integer >= 0, got {warmup_steps!r}")
-        if warmup_steps > 0 and likelihood is None:
-            raise ValueError(
-                "warmup_steps: the warm-up starts from VariationalELBO's data term, which needs the likelihood's "
-                "noise; pass a Gaussian likelihood, or warmup_steps=0 with likelihood=None"
-            )
+        self._check_variational_weight(variational_weight, likelihood)
         check_ann_matching_likelihood(likelihood, model_num_outputs(model))
         super().__init__(likelihood, model, num_data, beta=beta, combine_terms=combine_terms)
         self.ann_noise = float(ann_noise)
         self.detach_variance = detach_variance
-        self.warmup_steps = warmup_steps
-        if warmup_steps > 0:
-            # shape: (): training steps taken, a buffer so that a resumed run continues its warm-up
-            self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
+        self.variational_weight = float(variational_weight)
+
+    @staticmethod
+    def _check_variational_weight(weight: object, likelihood: object) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"variational_weight: expected a number in [0, 1], got {weight!r}")
+        if float(weight) > 0 and likelihood is None:
+            raise ValueError(
+                "variational_weight: VariationalELBO's data term needs the likelihood's noise; pass a Gaussian "
+                "likelihood, or variational_weight=0 with likelihood=None"
+            )
 
     def forward(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         """
@@ -240,19 +241,11 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         terms = -0.5 * (((mean - target).square() + self.ann_noise) / variance + torch.log(2 * math.pi * variance))
         # Sum over the event dimensions (data, and tasks for multitask outputs): batch-shaped result.
         eq5 = terms.sum(dim=tuple(range(-len(approximate_dist_f.event_shape), 0)))
-        if self.warmup_steps == 0:
+        weight = self.variational_weight
+        if weight == 0.0:
             return eq5
-        return self._warm_up(eq5, approximate_dist_f, target, **kwargs)
-
-    def _warm_up(self, eq5: Tensor, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
-        """``(1 - lambda) * VariationalELBO's data term + lambda * eq5``, ``lambda = min(1, step / warmup_steps)``."""
-        step = int(self.warmup_step)
-        if self.training and torch.is_grad_enabled():
-            self.warmup_step.add_(1)
-        weight = min(1.0, step / self.warmup_steps)
-        if weight == 1.0:
-            return eq5
+        self._check_variational_weight(weight, self.likelihood)  # set as an attribute: checked at use
         # As in VariationalELBO: the likelihood's expected log density, summed over the data (its
         # multitask form has already summed the tasks).
         variational = self.likelihood.expected_log_prob(target, approximate_dist_f, **kwargs).sum(-1)
-        return (1.0 - weight) * variational + weight * eq5
+        return weight * variational + (1.0 - weight) * eq5

@@ -52,11 +52,11 @@ def ann_matching_swap(
         after 30 / 60 / 150 epochs against 0.63 / 0.78 / 0.91 with the gradient through :math:`s^2` (3 seeds)
         and 0.82 / 0.83 / 0.92 for ``VariationalELBO`` (5 seeds, ``docs/usage/elbo.md``). The likelihood's
         noise is then not learnt and the variance says nothing about the error; pass ``False`` for that.
-        With the notebook's SGD schedule, ``warmup_steps=30`` (``VariationalELBO``'s data term moving to
-        this one over the first 30 steps) gave 0.85 / 0.92 / 0.96, but below the control at 30 epochs on
-        the seeds not used to choose it, and worse than without it in short Adam runs (8 epochs), so it is
-        not the default (``docs/usage/elbo.md``).
-    :param elbo_kwargs: passed to :class:`ANNMatchingELBO` (``beta``, ``ann_noise``, ``warmup_steps``...).
+        With the notebook's SGD schedule, a warm-up (``mll.variational_weight`` annealed from 1 to 0 over
+        the first 30 steps: ``VariationalELBO``'s data term moving to this one) gave 0.85 / 0.92 / 0.96,
+        but below the control at 30 epochs on the seeds not used to choose it, and worse than without it
+        in short Adam runs (8 epochs), so it is not the default (``docs/usage/elbo.md``).
+    :param elbo_kwargs: passed to :class:`ANNMatchingELBO` (``beta``, ``ann_noise``, ``variational_weight``...).
     :returns: ``(mll, likelihood)``; the likelihood is on the model's device and dtype.
     """
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
