@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
@@ -49,10 +47,3 @@ def take_labels(dataset: Dataset, indices: Tensor) -> Tensor | None:
     if not all(isinstance(item, (tuple, list)) and len(item) > 1 for item in items):
         return None
     return torch.as_tensor([int(item[1]) for item in items])
-
-
-def iterate_inputs(dataset: Dataset, batch_size: int) -> Iterator[Tensor]:
-    """All inputs of ``dataset`` in index order, ``batch_size`` at a time."""
-    length = dataset_length(dataset, "dataset")
-    for start in range(0, length, batch_size):
-        yield take_inputs(dataset, torch.arange(start, min(start + batch_size, length)))
