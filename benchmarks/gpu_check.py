@@ -58,6 +58,7 @@ def step_costs(sizes: list[int], steps: int, device: str) -> dict:
             "median_step_s": row["median_step_s"][m],
             "median_floor_s": row["median_floor_s"],
             "step_over_floor": row["step_over_floor"][m],
+            "gp_arithmetic_over_floor": row["gp_arithmetic_over_floor"],
         }
         if device == "cuda":
             row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()

@@ -96,3 +96,20 @@ def test_capacitance_cholesky_accepts_finite_entries_whose_sum_overflows() -> No
     gram[2, 2] = float("nan")
     with pytest.raises(NonFiniteError, match="gram"):
         capacitance_cholesky(gram, torch.ones(1, dtype=F64))
+
+
+def test_float32_rows_get_their_gradient_computed_in_float32_to_float32_roundoff() -> None:
+    # The backward runs in the rows' dtype (the values need float64, the gradient does not): it must
+    # still be the float64 gradient to a few float32 roundings, for both outputs.
+    new = _rows(15, heads=4, rows=300, dim=16, dtype=torch.float32).requires_grad_()
+    old, values = _rows(16, heads=4, rows=300, dim=16, dtype=torch.float32), _rows(17, heads=4, rows=300)[..., 0]
+    gen = torch.Generator().manual_seed(18)
+    weight_g, weight_c = torch.randn(4, 16, 16, generator=gen, dtype=F64), torch.randn(4, 16, generator=gen, dtype=F64)
+    gram, cross = GramDelta.apply(new, old, values, F64)
+    (grad,) = torch.autograd.grad((gram * weight_g).sum() + (cross * weight_c).sum(), new)
+    plain = new.detach().double().requires_grad_()
+    ref_gram, ref_cross = _plain(plain, old, values)
+    (ref,) = torch.autograd.grad((ref_gram * weight_g).sum() + (ref_cross * weight_c).sum(), plain)
+    assert grad.dtype == torch.float32
+    error = (grad.double() - ref).abs().max() / ref.abs().max()
+    assert error <= 16 * torch.finfo(torch.float32).eps
