@@ -112,7 +112,11 @@ def train_svgp(
         # The swap: ANNMatchingELBO with a MultitaskGaussianLikelihood on the CNN's logits (one GP per logit,
         # checked). detach_variance: weight the squared error by a detached 1/s² (see main's --help).
         mll, likelihood = ann_matching_swap(
-            model.gp_layer, len(x_train), num_outputs=num_heads, detach_variance=args.detach_variance
+            model.gp_layer,
+            len(x_train),
+            num_outputs=num_heads,
+            detach_variance=args.detach_variance,
+            variational_weight=args.variational_weight,
         )
         targets = ann_train
     elif objective == "elbo_on_ann":
@@ -163,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         "Pearson 0.980 vs 0.924 after 300 steps, 0.9953 vs 0.9965 after 2000; --no-detach-variance also learns "
         "the likelihood's noise)",
     )
+    parser.add_argument(
+        "--variational-weight",
+        type=float,
+        default=0.1,
+        help="ANNMatchingELBO's variational_weight (0.1, ann_matching_swap's default; 0: the Eq. 5 term alone)",
+    )
     parser.add_argument("--cnn-width", type=int, default=1024, help="units of the CNN's second-last layer")
     parser.add_argument(
         "--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES), help="which objectives to run"
@@ -172,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "steps", "batch_size", "num_inducing", "hidden", "features", "cnn_width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    if not 0.0 <= args.variational_weight <= 1.0:
+        parser.error(f"--variational-weight: expected a value in [0, 1], got {args.variational_weight}")
     if not args.lr > 0:
         parser.error(f"--lr: expected a value > 0, got {args.lr}")
     if args.threads is not None:

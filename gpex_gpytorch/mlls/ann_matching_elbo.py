@@ -123,8 +123,8 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
     :param detach_variance: stop gradients through :math:`s^2` (the original code's choice). The default
         (``False``) is the measured choice for stock SVGP regression: with ``True`` the likelihood's noise
         is never learnt and the latent variance carries no information about the GP's error. On the
-        SV-DKL recipe ``True`` matched the network better (so :func:`~gpex_gpytorch.mlls.ann_matching_swap`
-        defaults to it); the table is in ``docs/usage/elbo.md``.
+        SV-DKL recipe ``True`` matched the network better (:func:`~gpex_gpytorch.mlls.ann_matching_swap`
+        defaults to it, with ``variational_weight=0.1``); the table is in ``docs/usage/elbo.md``.
     :param variational_weight: :math:`w \in [0, 1]`, a share of ``VariationalELBO``'s data term (the
         likelihood-noise weighting of the error) in the data term:
         :math:`w\,\mathbb E_{q(f)}[\log p(g \mid f)] + (1 - w)\,(\text{Eq. 5 term})`. ``0`` (the
