@@ -75,6 +75,14 @@ for _percent in (10, 25, 50):
     OBJECTIVES[f"eq5_mix{_percent}"] = _mix(False, _percent / 100)
     OBJECTIVES[f"detached_mix{_percent}"] = _mix(True, _percent / 100)
 
+# Eq. 5 on the latent GP alone (likelihood=None: s^2 = c, the notebook's likelihood left out of the objective and
+# its noise unused), with a share rho of the residual's gradient weighted uniformly over the batch (``uniform_weight``).
+OBJECTIVES["latent"] = lambda lik, gp, n: ANNMatchingELBO(None, gp, num_data=n)
+for _percent in (25, 50, 100):
+    OBJECTIVES[f"latent_uniform{_percent}"] = (
+        lambda rho: lambda lik, gp, n: ANNMatchingELBO(None, gp, num_data=n, uniform_weight=rho)
+    )(_percent / 100)
+
 
 def warm_up(mll: object, step: int) -> None:
     """Anneal a warm-up objective's ``variational_weight`` from 1 (step 0) to 0 (step ``WARMUP_STEPS``)."""
@@ -106,7 +114,10 @@ def _summary(mean: Tensor, variance: Tensor, network: Tensor) -> dict[str, float
     }
 
 
-def _noise(likelihood: gpytorch.likelihoods.Likelihood) -> float:
+def _noise(likelihood: gpytorch.likelihoods.Likelihood, mll: object) -> float:
+    """The likelihood's learnt noise; ``nan`` when the objective does not use the likelihood."""
+    if getattr(mll, "likelihood", likelihood) is None:
+        return float("nan")
     return float(likelihood.noise.detach().mean())
 
 
@@ -184,7 +195,7 @@ def run_svgp(objective: str, data: dict[str, Tensor], seed: int, args: argparse.
             model.eval()
             with torch.no_grad():
                 output = model(data["x_test"])
-            row = {"epoch": epoch, "likelihood_noise": _noise(likelihood)}
+            row = {"epoch": epoch, "likelihood_noise": _noise(likelihood, mll)}
             row.update(_summary(output.mean, output.variance, data["net_test"]))
             results.append(row)
     return results
@@ -316,7 +327,8 @@ def run_svdkl(
     model.eval()
     with torch.no_grad():
         output = model(data["x_test"])
-    row = {"epoch": epochs, "likelihood_noise": _noise(likelihood), "finite": bool(torch.isfinite(output.mean).all())}
+    finite = bool(torch.isfinite(output.mean).all())
+    row = {"epoch": epochs, "likelihood_noise": _noise(likelihood, mll), "finite": finite}
     if row["finite"]:
         row.update(_summary(output.mean, output.variance, data["net_test"]))
     else:

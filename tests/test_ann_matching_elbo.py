@@ -179,6 +179,77 @@ def test_a_bad_variational_weight_is_named() -> None:
         mll(_mvn(torch.zeros(3), torch.ones(3)), torch.zeros(3))
 
 
+def _uniform_reference(mean, var, target, rho, batch_dim):
+    """Hand-written objective with the gradient uniform_weight=rho must have (beta = 0): the residual weighted by
+    rho / mean(s^2) + (1 - rho) / s^2, both held constant, and Eq. 5's variance term with the mean held."""
+    held = var.detach()
+    weight = rho / held.mean(dim=batch_dim, keepdim=True) + (1 - rho) / held
+    terms = -0.5 * (mean - target) ** 2 * weight - 0.5 * (
+        (mean.detach() - target) ** 2 / var + torch.log(2 * math.pi * var)
+    )
+    return terms
+
+
+@pytest.mark.parametrize("rho", [0.25, 1.0])
+def test_a_uniform_weight_changes_the_mean_gradient_and_not_the_value(rho: float) -> None:
+    """uniform_weight=rho: Eq. 5's value; the residual's gradient weighted by rho / mean(s^2) + (1-rho) / s^2, the
+    mean taken over each batch member's data (a batch of 2 GPs, float64), s^2's gradient Eq. 5's."""
+    torch.manual_seed(5)
+    mean0 = torch.randn(2, 6, dtype=torch.float64)
+    var0 = torch.rand(2, 6, dtype=torch.float64) * 2 + 0.1
+    target = torch.randn(2, 6, dtype=torch.float64)
+    plain = ANNMatchingELBO(None, _StubModel(0.0), num_data=6, beta=0.0)
+    mll = ANNMatchingELBO(None, _StubModel(0.0), num_data=6, beta=0.0, uniform_weight=rho)
+    mean, var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
+    value = mll(_mvn(mean, var), target)
+    torch.testing.assert_close(value, plain(_mvn(mean0, var0), target), rtol=1e-12, atol=1e-12)
+    value.sum().backward()
+    ref_mean, ref_var = mean0.clone().requires_grad_(), var0.clone().requires_grad_()
+    _uniform_reference(ref_mean, ref_var, target, rho, -1).sum().div(6).backward()
+    torch.testing.assert_close(mean.grad, ref_mean.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var.grad, ref_var.grad, rtol=1e-12, atol=1e-12)
+    # rho = 1: one weight per batch member, 1 / its mean variance (as VariationalELBO's 1 / noise)
+    if rho == 1.0:
+        torch.testing.assert_close(mean.grad, -(mean0 - target) / var0.mean(-1, keepdim=True) / 6)
+
+
+def test_a_uniform_weight_averages_over_the_data_per_task_in_a_multitask_svgp() -> None:
+    """With a likelihood and a multitask SVGP: gradients of every parameter against the hand-written reference."""
+    torch.manual_seed(6)
+    inducing = torch.randn(5, 2, dtype=torch.float64)
+    model = _SVGP(inducing.float(), num_tasks=3).double()
+    likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=3).double()
+    x = inducing.repeat(2, 1)[:8] + 0.3 * torch.randn(8, 2, dtype=torch.float64)  # near the inducing points
+    target = torch.randn(8, 3, dtype=torch.float64)
+    params = [*model.parameters(), *likelihood.parameters()]
+    model(x)  # the strategy initialises its variational parameters on its first call
+    with torch.no_grad():  # away from the initialisation, where s^2 is the same for every input and task
+        for parameter in params:
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    variance = likelihood(model(x)).variance
+    assert variance.std(-2).min() > 1e-3 and variance.std(-1).min() > 1e-3
+    mll = ANNMatchingELBO(likelihood, model, num_data=40, uniform_weight=0.25)
+    value = mll(model(x), target)
+    grads = torch.autograd.grad(value, params)
+    predictive = likelihood(model(x))
+    terms = _uniform_reference(predictive.mean, predictive.variance, target, 0.25, -2)
+    reference = terms.sum() / 8 - model.variational_strategy.kl_divergence().sum() / 40
+    torch.testing.assert_close(value, ANNMatchingELBO(likelihood, model, num_data=40)(model(x), target))
+    for grad, expected in zip(grads, torch.autograd.grad(reference, params), strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_bad_uniform_weight_is_named() -> None:
+    for bad in (-0.1, 1.5, True, "half", float("nan")):
+        with pytest.raises(ValueError, match="uniform_weight"):
+            ANNMatchingELBO(None, _StubModel(0.0), num_data=3, uniform_weight=bad)
+    mll = ANNMatchingELBO(None, _StubModel(0.0), num_data=3)
+    assert mll.uniform_weight == 0.0
+    mll.uniform_weight = -1.0  # an attribute set by hand is checked where it is used
+    with pytest.raises(ValueError, match="uniform_weight: expected a number in \\[0, 1\\], got -1.0"):
+        mll(_mvn(torch.zeros(3), torch.ones(3)), torch.zeros(3))
+
+
 def test_bad_input_is_named() -> None:
     model = _StubModel(0.0)
     with pytest.raises(ValueError, match="num_data"):

@@ -143,7 +143,11 @@ class _SVGP(gpytorch.models.ApproximateGP):
 
 
 @pytest.mark.slow
-def test_the_svgp_regression_swap_matches_the_network_and_its_variance_tracks_the_error() -> None:
+@pytest.mark.parametrize("setting", ["default", "latent_uniform25"])
+def test_the_svgp_regression_swap_matches_the_network_and_its_variance_tracks_the_error(setting: str) -> None:
+    """``default``: the one-line swap, the notebook's likelihood kept; ``latent_uniform25``: the measured setting
+    for a stock SVGP (docs/usage/elbo.md), Eq. 5 on the latent GP with a quarter of the residual's gradient
+    weighted uniformly."""
     from scipy.stats import spearmanr
     from sklearn.datasets import make_friedman1
 
@@ -164,7 +168,11 @@ def test_the_svgp_regression_swap_matches_the_network_and_its_variance_tracks_th
     torch.manual_seed(0)
     model = _SVGP(x[:100].clone())
     likelihood = gpytorch.likelihoods.GaussianLikelihood()
-    mll = ANNMatchingELBO(likelihood, model, num_data=800)  # was: VariationalELBO(likelihood, model, num_data=800)
+    # was: VariationalELBO(likelihood, model, num_data=800)
+    if setting == "default":
+        mll = ANNMatchingELBO(likelihood, model, num_data=800)
+    else:
+        mll = ANNMatchingELBO(None, model, num_data=800, uniform_weight=0.25)
     optimizer = torch.optim.Adam([*model.parameters(), *likelihood.parameters()], lr=0.01)
     generator = torch.Generator().manual_seed(0)
     for _ in range(120):
@@ -178,7 +186,11 @@ def test_the_svgp_regression_swap_matches_the_network_and_its_variance_tracks_th
         output = model(x[800:])
     pearson = _pearson(output.mean, g[800:])
     spearman = spearmanr(output.variance.numpy(), (output.mean - g[800:]).square().numpy()).statistic
-    # Measured with this seed: Pearson 0.974, Spearman 0.37 (VariationalELBO on the same outputs: 0.979 and 0.12);
-    # the likelihood's noise is learnt, from 0.693 to 0.010.
-    assert pearson > 0.96 and spearman > 0.3, (pearson, spearman)
-    assert float(likelihood.noise) < 0.05
+    # Measured with this seed: default Pearson 0.974, Spearman 0.37, the likelihood's noise learnt from 0.693 to
+    # 0.010; latent_uniform25 0.980 and 0.34 (no likelihood in the objective); VariationalELBO on the same
+    # outputs: 0.979 and 0.12. The full notebook (6 seeds, 30 to 150 epochs) is in docs/usage/elbo.md.
+    if setting == "default":
+        assert pearson > 0.96 and spearman > 0.3, (pearson, spearman)
+        assert float(likelihood.noise) < 0.05
+    else:
+        assert pearson > 0.975 and spearman > 0.3, (pearson, spearman)

@@ -131,6 +131,13 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         default) is Eq. 5. It is a plain attribute, like ``beta``: a warm-up anneals it from 1 to 0 over
         the first steps by setting ``mll.variational_weight`` in the training loop (the objective keeps
         no count of its calls). Needs a likelihood when positive. Measured in ``docs/usage/elbo.md``.
+    :param uniform_weight: :math:`\rho \in [0, 1]`, changes the gradient only (like ``detach_variance``):
+        a share :math:`\rho` of the residual's gradient is weighted by one weight per output over the batch,
+        :math:`1/\bar s^2` (:math:`\bar s^2` the batch's mean predictive variance), the rest by each input's
+        :math:`1/s^2` as in Eq. 5. The mean then follows the error everywhere, as with ``VariationalELBO``'s
+        uniform weight, while :math:`s^2` is still fitted to the residual. ``0`` (the default) is Eq. 5's
+        gradient. With ``likelihood=None`` and ``0.25`` it is the measured setting for a stock SVGP
+        (``docs/usage/elbo.md``).
     :param combine_terms: as in ``VariationalELBO``.
     """
 
@@ -145,6 +152,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         ann_noise: float = 0.0,
         detach_variance: bool = False,
         variational_weight: float = 0.0,
+        uniform_weight: float = 0.0,
     ) -> None:
         if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
             raise ValueError(f"num_data: expected an integer >= 1, got {num_data!r}")
@@ -155,11 +163,13 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         if not (float(beta) >= 0.0 and math.isfinite(float(beta))):  # beta=inf made the ELBO -inf
             raise ValueError(f"beta: expected a finite value >= 0, got {beta}")
         self._check_variational_weight(variational_weight, likelihood)
+        self._check_uniform_weight(uniform_weight)
         check_ann_matching_likelihood(likelihood, model_num_outputs(model))
         super().__init__(likelihood, model, num_data, beta=beta, combine_terms=combine_terms)
         self.ann_noise = float(ann_noise)
         self.detach_variance = detach_variance
         self.variational_weight = float(variational_weight)
+        self.uniform_weight = float(uniform_weight)
 
     @staticmethod
     def _check_variational_weight(weight: object, likelihood: object) -> None:
@@ -170,6 +180,11 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
                 "variational_weight: VariationalELBO's data term needs the likelihood's noise; pass a Gaussian "
                 "likelihood, or variational_weight=0 with likelihood=None"
             )
+
+    @staticmethod
+    def _check_uniform_weight(weight: object) -> None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"uniform_weight: expected a number in [0, 1], got {weight!r}")
 
     def forward(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         """
@@ -239,6 +254,14 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         if self.detach_variance:
             variance = variance.detach()
         terms = -0.5 * (((mean - target).square() + self.ann_noise) / variance + torch.log(2 * math.pi * variance))
+        if self.uniform_weight != 0.0:
+            self._check_uniform_weight(self.uniform_weight)  # set as an attribute: checked at use
+            # Zero in value; its gradient moves a share rho of the residual's weight from each input's 1/s^2
+            # to the batch's 1/mean(s^2) (per output, over the data dimension), both weights held constant.
+            held = variance.detach()
+            held = held.mean(dim=-len(approximate_dist_f.event_shape), keepdim=True).reciprocal() - held.reciprocal()
+            shift = (mean - target).square() * held
+            terms = terms - 0.5 * self.uniform_weight * (shift - shift.detach())
         # Sum over the event dimensions (data, and tasks for multitask outputs): batch-shaped result.
         eq5 = terms.sum(dim=tuple(range(-len(approximate_dist_f.event_shape), 0)))
         weight = self.variational_weight
