@@ -163,7 +163,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         if not (float(beta) >= 0.0 and math.isfinite(float(beta))):  # beta=inf made the ELBO -inf
             raise ValueError(f"beta: expected a finite value >= 0, got {beta}")
         self._check_variational_weight(variational_weight, likelihood)
-        self._check_uniform_weight(uniform_weight)
+        self._check_share("uniform_weight", uniform_weight)
         check_ann_matching_likelihood(likelihood, model_num_outputs(model))
         super().__init__(likelihood, model, num_data, beta=beta, combine_terms=combine_terms)
         self.ann_noise = float(ann_noise)
@@ -172,19 +172,18 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
         self.uniform_weight = float(uniform_weight)
 
     @staticmethod
-    def _check_variational_weight(weight: object, likelihood: object) -> None:
+    def _check_share(name: str, weight: object) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-            raise ValueError(f"variational_weight: expected a number in [0, 1], got {weight!r}")
+            raise ValueError(f"{name}: expected a number in [0, 1], got {weight!r}")
+
+    @classmethod
+    def _check_variational_weight(cls, weight: object, likelihood: object) -> None:
+        cls._check_share("variational_weight", weight)
         if float(weight) > 0 and likelihood is None:
             raise ValueError(
                 "variational_weight: VariationalELBO's data term needs the likelihood's noise; pass a Gaussian "
                 "likelihood, or variational_weight=0 with likelihood=None"
             )
-
-    @staticmethod
-    def _check_uniform_weight(weight: object) -> None:
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-            raise ValueError(f"uniform_weight: expected a number in [0, 1], got {weight!r}")
 
     def forward(self, approximate_dist_f: MultivariateNormal, target: Tensor, **kwargs: object) -> Tensor:
         """
@@ -255,7 +254,7 @@ class ANNMatchingELBO(_ApproximateMarginalLogLikelihood):
             variance = variance.detach()
         terms = -0.5 * (((mean - target).square() + self.ann_noise) / variance + torch.log(2 * math.pi * variance))
         if self.uniform_weight != 0.0:
-            self._check_uniform_weight(self.uniform_weight)  # set as an attribute: checked at use
+            self._check_share("uniform_weight", self.uniform_weight)  # set as an attribute: checked at use
             # Zero in value; its gradient moves a share rho of the residual's weight from each input's 1/s^2
             # to the batch's 1/mean(s^2) (per output, over the data dimension), both weights held constant.
             held = variance.detach()
